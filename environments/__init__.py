@@ -1,0 +1,1 @@
+"""Plugin environments (``rlvr.environments``): math, code, search QA, tool calls, toy tasks."""

@@ -1,0 +1,1 @@
+"""Retrieval (``rlvr.retrieval``): corpora, BM25 and dense indexes, the HTTP server and client."""

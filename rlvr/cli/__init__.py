@@ -1,0 +1,55 @@
+"""The ``rlvr`` command. Each subcommand lives in its own module with ``add_parser(sub)`` which
+registers it and sets ``func`` to the handler ``(args) -> int``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand module, in the order ``rlvr --help`` lists them
+COMMANDS = ("train", "eval", "verify", "list", "index", "serve", "sandbox")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rlvr import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="rlvr", description="Reinforcement learning of language models from verifiable rewards.")
+    parser.add_argument("--version", action="version", version=f"rlvr {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"rlvr.cli.{name}_cmd")
+        except ModuleNotFoundError as e:
+            if e.name == f"rlvr.cli.{name}_cmd":
+                continue  # command not part of this build
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    if rest and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.overrides = rest
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, FileNotFoundError, TypeError) as e:
+        if getattr(args, "debug", False):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"rlvr {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

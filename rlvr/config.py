@@ -1,0 +1,260 @@
+"""Typed configuration: one dataclass per concern, YAML files and ``--key value`` as overrides.
+
+Parsing and merging go through OmegaConf structured configs, which type-check every override
+against these dataclasses. A YAML file may be nested (``rollout: {samples_per_prompt: 8}``) or
+flat with dotted keys (``rollout.samples_per_prompt: 8``); the command line takes
+``--rollout.samples_per_prompt 8``. Defaults run a tiny CPU job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+BUNDLED_CONFIGS = Path(__file__).parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "tiny"
+    """Policy weights: a hub id, a local directory, a ``.gguf`` file, or ``tiny`` (a small random
+    Llama built from a config, for tests) or ``world`` (the tiny model on the synthetic world's
+    tokenizer)."""
+    tokenizer: Optional[str] = None
+    """Tokenizer location when it differs from the weights'."""
+    dtype: str = "float32"
+    """float32 | bfloat16 | float16."""
+    hidden_size: int = 64
+    """Width of the tiny model (used only when building one)."""
+    num_layers: int = 2
+    """Depth of the tiny model (used only when building one)."""
+    seed: int = 0
+    """Seed of the tiny model's random weights."""
+    lora_rank: int = 0
+    """0 = full fine-tuning; >0 trains a LoRA adapter (peft) and uses the adapter-disabled base as
+    the reference model."""
+
+
+@dataclass
+class DataConfig:
+    train: str = "calculator"
+    """Training prompts: a bundled task name or a JSONL/parquet file."""
+    eval: Optional[str] = None
+    """Held-out prompts for evaluation during training (same forms as ``train``)."""
+    limit: int = 0
+    """Use at most this many rows of each file (0 = all)."""
+    shuffle: bool = True
+    """Shuffle training prompts each epoch (seeded by ``run.seed``)."""
+
+
+@dataclass
+class EnvConfig:
+    name: str = "calculator"
+    """Registered environment name (``rlvr list``)."""
+    verifiers: dict[str, float] = field(default_factory=dict)
+    """Verifier name → weight; empty = the environment's own default."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword settings passed to the environment's constructor."""
+
+
+@dataclass
+class RolloutConfig:
+    samples_per_prompt: int = 4
+    """G: samples drawn per prompt instance (one ``group_id``)."""
+    max_turns: int = 4
+    """Policy turns per episode before it is cut (truncated)."""
+    max_new_tokens: int = 64
+    """Tokens the policy may sample in one turn."""
+    max_total_tokens: int = 512
+    """Whole-trajectory budget (prompt + sampled + observations)."""
+    max_obs_tokens: int = 128
+    """Longest observation appended in one step; longer ones are cut keeping the closing tag."""
+    temperature: float = 1.0
+    """Sampling temperature for training rollouts (evaluation is greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    engine: str = "hf"
+    """hf | vllm."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear warm-up, in optimizer steps."""
+    schedule: str = "constant"
+    """constant | linear | cosine decay after warm-up."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold (0 = off)."""
+    micro_batch_size: int = 8
+    """Sequences per forward/backward; gradients accumulate to the mini-batch."""
+
+
+@dataclass
+class RLConfig:
+    """Knobs of the on-policy learners (GRPO, PPO, RLOO, REINFORCE)."""
+
+    prompts_per_step: int = 4
+    """Prompts sampled per rollout batch (each gets ``rollout.samples_per_prompt`` samples)."""
+    epochs_per_batch: int = 1
+    """Passes over each rollout batch."""
+    mini_batches_per_epoch: int = 1
+    """Optimizer steps per pass (the rollout batch is split into this many mini-batches)."""
+    clip_low: float = 0.2
+    """PPO clip range below 1 (ratio >= 1 - clip_low)."""
+    clip_high: float = 0.2
+    """PPO clip range above 1 (clip-higher, DAPO: e.g. 0.28)."""
+    loss_agg: str = "token-mean"
+    """token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (Dr. GRPO)."""
+    std_normalize: str = "unbiased"
+    """GRPO advantage std: unbiased (G-1) | biased (G) | none (Dr. GRPO)."""
+    kl_coef: float = 0.0
+    """β of the KL to the reference model (0 = no reference model is kept)."""
+    kl_estimator: str = "k3"
+    """k1 | k2 | k3."""
+    kl_in_reward: bool = False
+    """True: KL as a per-token reward penalty (PPO-RLHF); False: a separate loss term (GRPO)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight."""
+    filter_zero_variance: bool = False
+    """Drop groups whose rewards are all equal (dynamic sampling)."""
+    mask_observations: bool = True
+    """Keep environment tokens out of the loss (Search-R1). False is the ablation ``--no-mask``."""
+
+
+@dataclass
+class PrefConfig:
+    """Knobs of the preference learners (reward model, DPO and variants) and SFT."""
+
+    beta: float = 0.1
+    """DPO/IPO β (inverse temperature of the implicit reward)."""
+    loss: str = "sigmoid"
+    """sigmoid (DPO) | ipo | robust (conservative DPO) | simpo."""
+    label_smoothing: float = 0.0
+    """Conservative DPO ε."""
+    epochs: int = 1
+    """Passes over the preference or SFT data."""
+    batch_size: int = 8
+    """Pairs (or SFT rows) per optimizer step."""
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/latest"
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/, report.json, plots."""
+    seed: int = 0
+    """Seed for data order, sampling and initialisation."""
+    steps: int = 20
+    """Rollout batches (RL) or optimizer steps (offline modes)."""
+    eval_every: int = 0
+    """Evaluate on ``data.eval`` every this many steps (0 = only at the end)."""
+    save_every: int = 0
+    """Checkpoint every this many steps (0 = only at the end)."""
+    resume: bool = False
+    """Continue from the newest checkpoint in ``output_dir``."""
+    device: str = "auto"
+    """auto | cpu | cuda."""
+    log_tensorboard: bool = False
+    """Also write TensorBoard event files."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class TrainConfig:
+    algorithm: str = "grpo"
+    """grpo | ppo | rloo | reinforce | sft | rm | dpo (``rlvr list``)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    pref: PrefConfig = field(default_factory=PrefConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> "TrainConfig":
+        """Check derived values; raise with a message that names the field."""
+        if self.rollout.samples_per_prompt < 1:
+            raise ValueError("rollout.samples_per_prompt must be >= 1")
+        if self.algorithm in ("grpo", "rloo") and self.rollout.samples_per_prompt < 2:
+            raise ValueError(f"{self.algorithm} needs rollout.samples_per_prompt >= 2 to form a "
+                             f"group baseline, got {self.rollout.samples_per_prompt}")
+        batch = self.rl.prompts_per_step * self.rollout.samples_per_prompt
+        if batch % self.rl.mini_batches_per_epoch:
+            raise ValueError(
+                f"rl.prompts_per_step × rollout.samples_per_prompt = {batch} trajectories do not "
+                f"split into rl.mini_batches_per_epoch = {self.rl.mini_batches_per_epoch} equal parts")
+        if self.rl.loss_agg not in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
+            raise ValueError(f"rl.loss_agg {self.rl.loss_agg!r} is not token-mean, "
+                             f"seq-mean-token-mean or seq-mean-token-sum-norm")
+        if self.rollout.max_new_tokens >= self.rollout.max_total_tokens:
+            raise ValueError("rollout.max_new_tokens must be below rollout.max_total_tokens")
+        return self
+
+
+def _parse_cli_overrides(args: list[str]) -> list[str]:
+    """``["--a.b", "1", "--c=2", "--flag"]`` → OmegaConf dotlist ``["a.b=1", "c=2", "flag=true"]``."""
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--"):
+            raise ValueError(f"expected --key value, got {a!r}")
+        key = a[2:]
+        if "=" in key:
+            out.append(key)
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            out.append(f"{key}={args[i + 1]}")
+            i += 2
+        else:
+            out.append(f"{key}=true")
+            i += 1
+    return out
+
+
+def resolve_config_path(name: str) -> Path:
+    """A config path, or the name of a bundled config (``rlvr list`` shows them)."""
+    p = Path(name)
+    if p.exists():
+        return p
+    bundled = BUNDLED_CONFIGS / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if bundled.exists():
+        return bundled
+    known = ", ".join(sorted(x.stem for x in BUNDLED_CONFIGS.glob("*.yaml"))) or "(none)"
+    raise FileNotFoundError(f"config {name!r} is neither a file nor a bundled config; bundled: {known}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                schema: type = TrainConfig) -> Any:
+    """Defaults ← YAML file (nested or dotted keys) ← ``--key value`` overrides, type-checked."""
+    cfg = OmegaConf.structured(schema)
+    try:
+        if path is not None:
+            p = resolve_config_path(str(path))
+            raw = yaml.safe_load(p.read_text()) or {}
+            if not isinstance(raw, dict):
+                raise ValueError(f"{p}: expected a mapping of settings, got {type(raw).__name__}")
+            nested = OmegaConf.create({})
+            for key, value in raw.items():
+                OmegaConf.update(nested, str(key), value, force_add=True)
+            cfg = OmegaConf.merge(cfg, nested)
+        if overrides:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(_parse_cli_overrides(overrides)))
+    except OmegaConfBaseException as e:
+        where = f" in {path}" if path else ""
+        raise ValueError(f"bad setting{where}: {e}".splitlines()[0]) from None
+    obj = OmegaConf.to_object(cfg)
+    return obj.validate() if hasattr(obj, "validate") else obj
+
+
+def dump_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))

@@ -1,0 +1,75 @@
+"""The Environment protocol: how a plugin environment talks to the episode loop.
+
+One Environment instance serves one episode. The loop calls ``reset(task)`` once for the prompt,
+then, each time the policy's turn ends (a stop string from ``stop_strings`` or EOS), ``step(action)``
+with the text the policy produced in that turn. ``step`` answers with an observation to append
+(tokenised once, ``loss_mask = 0``), whether the episode is done, and optionally a reward.
+When the episode ends without a reward from ``step``, the loop asks ``score(completion, task)``,
+which by default combines the verifiers named in ``verifiers`` (name → weight).
+
+A minimal environment (see ``rlvr.environments.calculator`` for a full one)::
+
+    @rlvr.environment("echo")
+    class Echo(Environment):
+        stop_strings = ["</say>"]
+        def step(self, action):
+            return StepResult(observation="", done=True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlvr.types import Score, Task, ToolCall
+
+
+@dataclass
+class StepResult:
+    """What ``Environment.step`` returns."""
+
+    observation: str = ""  # text appended after the action, never trained
+    done: bool = False  # the episode ends after this step
+    reward: float | None = None  # final reward, if the environment decides it itself
+    tool_call: ToolCall | None = None  # the tool call this action made, for metrics
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Environment:
+    """Base class for environments. Subclasses set ``stop_strings`` and override ``step``."""
+
+    #: Strings that end the policy's turn; the stop string stays in the output and is trained.
+    stop_strings: list[str] = []
+    #: Verifier name → weight, combined into the final reward by :meth:`score`.
+    verifiers: dict[str, float] = {}
+    #: Optional system prompt prepended when the task prompt is plain text.
+    system_prompt: str | None = None
+
+    def __init__(self, **settings: Any) -> None:
+        for key, value in settings.items():
+            if not hasattr(self, key):
+                raise TypeError(f"{type(self).__name__} has no setting {key!r}")
+            setattr(self, key, value)
+        self.task: Task | None = None
+
+    def reset(self, task: Task) -> str | list[dict[str, str]]:
+        """Start an episode; return the prompt (text or chat messages)."""
+        self.task = task
+        if isinstance(task.prompt, str) and self.system_prompt:
+            return [{"role": "system", "content": self.system_prompt},
+                    {"role": "user", "content": task.prompt}]
+        return task.prompt
+
+    def step(self, action: str) -> StepResult:
+        """React to one turn of policy text. Default: single-turn, done after the first action."""
+        return StepResult(done=True)
+
+    def score(self, completion: str, task: Task) -> Score:
+        """Final reward of an episode from the named verifiers (weighted sum of their rewards)."""
+        from rlvr.scoring import combine
+
+        return combine(self.verifiers, completion, task.answer, **task.info)
+
+    def metrics(self) -> dict[str, float]:
+        """Per-episode numbers for logging (e.g. searches, invalid actions)."""
+        return {}

@@ -1,0 +1,1 @@
+"""Plugin verifiers (``rlvr.verifiers``): pure ``completion × answer → Score`` functions."""
