@@ -128,6 +128,10 @@ class RLConfig:
     """Drop groups whose rewards are all equal (dynamic sampling)."""
     mask_observations: bool = True
     """Keep environment tokens out of the loss (Search-R1). False is the ablation ``--no-mask``."""
+    reward_model: Optional[str] = None
+    """Path of a trained reward model whose normalised score is added to the verifiers' reward."""
+    reward_model_weight: float = 1.0
+    """Weight of the reward model's score in the total reward."""
 
 
 @dataclass
