@@ -64,6 +64,12 @@ class Environment:
         """React to one turn of policy text. Default: single-turn, done after the first action."""
         return StepResult(done=True)
 
+    @classmethod
+    def step_batch(cls, envs: list["Environment"], actions: list[str]) -> list[StepResult]:
+        """Step several episodes whose turns ended together. Override to batch tool calls (one
+        retrieval request for all queries of a turn); the default steps each episode in turn."""
+        return [env.step(action) for env, action in zip(envs, actions)]
+
     def score(self, completion: str, task: Task) -> Score:
         """Final reward of an episode from the named verifiers (weighted sum of their rewards)."""
         from rlvr.scoring import combine

@@ -1,0 +1,246 @@
+"""The episode loop: batched, multi-turn, token-exact rollouts.
+
+All episodes of a batch (``samples_per_prompt`` per task) generate together. A turn ends at a stop
+string of the environment or EOS; the environment's ``step`` answers, its observation is tokenised
+once and appended with ``loss_mask = 0`` (``Trajectory.append_observation``), and generation goes on
+from the token sequence as it stands — prompts are rendered with the chat template once and never
+re-rendered. Budgets: ``max_turns``, ``max_new_tokens`` per turn, ``max_total_tokens`` per
+trajectory, ``max_obs_tokens`` per observation (cut keeping its closing tag). An episode whose
+environment raises is finished with ``finish_reason="error"`` and its message; the batch goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+from rlvr.engine import SamplingParams
+from rlvr.environment import Environment, StepResult
+from rlvr.types import Task, Trajectory, Turn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Episode:
+    env: Environment
+    task: Task
+    traj: Trajectory
+    done: bool = False
+    step_reward: float | None = None
+    turn_start: int = 0
+    pending: list[int] = field(default_factory=list)  # this turn's sampled tokens
+
+
+def make_env_factory(env_cfg) -> Callable[[], Environment]:
+    """A zero-argument factory of fresh environments from an :class:`rlvr.config.EnvConfig`."""
+    from rlvr.registry import ENVIRONMENTS
+
+    cls = ENVIRONMENTS.get(env_cfg.name)
+    settings = dict(env_cfg.settings or {})
+    if env_cfg.verifiers:
+        settings["verifiers"] = dict(env_cfg.verifiers)
+    cls(**settings)  # fail now, naming the setting, rather than inside every episode
+
+    def factory() -> Environment:
+        return cls(**settings)
+
+    return factory
+
+
+def render_prompt(tokenizer, prompt, task_id: str = "") -> list[int]:
+    """Prompt → token ids. Chat messages go through the tokenizer's chat template, once."""
+    if isinstance(prompt, list):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                f"task {task_id}: the prompt is chat messages but the tokenizer has no chat template; "
+                f"give a text prompt or set tokenizer.chat_template")
+        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    elif isinstance(prompt, str):
+        text = prompt
+    else:
+        raise TypeError(f"task {task_id}: the environment's prompt must be text or messages, "
+                        f"got {type(prompt).__name__}")
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if not ids:
+        raise ValueError(f"task {task_id}: the prompt renders to no tokens")
+    return ids
+
+
+def check_stop_strings(tokenizer, stops: list[str], env_name: str) -> None:
+    """Each stop string must survive encode → decode, or the engine can never match it."""
+    for s in stops:
+        ids = tokenizer.encode(s, add_special_tokens=False)
+        if not s or tokenizer.decode(ids, skip_special_tokens=False) != s:
+            raise ValueError(f"environment {env_name}: stop string {s!r} cannot be expressed by the "
+                             f"tokenizer (it decodes back as {tokenizer.decode(ids)!r})")
+
+
+_CLOSING_TAG = re.compile(r"</[A-Za-z_][\w-]*>\s*$")
+
+
+def encode_observation(tokenizer, text: str, max_tokens: int) -> tuple[list[int], bool]:
+    """Tokenise an observation, cutting it to ``max_tokens`` but keeping a trailing closing tag."""
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    if len(ids) <= max_tokens:
+        return ids, False
+    m = _CLOSING_TAG.search(text)
+    tail = tokenizer.encode(m.group(0), add_special_tokens=False) if m else []
+    if len(tail) >= max_tokens:
+        tail = []
+    body = text[: m.start()] if m else text
+    return tokenizer.encode(body, add_special_tokens=False)[: max_tokens - len(tail)] + tail, True
+
+
+def collect(engine, tokenizer, env_factory: Callable[[], Environment], tasks: list[Task], *,
+            samples_per_prompt: int, cfg, greedy: bool = False, seed: int | None = None,
+            ) -> list[Trajectory]:
+    """Run ``samples_per_prompt`` episodes per task; return trajectories with rewards, grouped."""
+    episodes: list[_Episode] = []
+    stops: list[str] | None = None
+    for task in tasks:
+        group_id = uuid.uuid4().hex  # unique per prompt instance, across datasets and steps
+        for _ in range(samples_per_prompt):
+            env = env_factory()
+            if stops is None:
+                stops = list(env.stop_strings)
+                check_stop_strings(tokenizer, stops, type(env).__name__)
+            try:
+                ids = render_prompt(tokenizer, env.reset(task), task.id)
+                if len(ids) >= cfg.max_total_tokens:
+                    raise ValueError(f"task {task.id}: the prompt has {len(ids)} tokens, not below "
+                                     f"rollout.max_total_tokens = {cfg.max_total_tokens}")
+                traj = Trajectory.from_prompt(ids, group_id=group_id, task_id=task.id)
+                episodes.append(_Episode(env, task, traj))
+            except Exception as e:
+                traj = Trajectory.from_prompt([], group_id=group_id, task_id=task.id)
+                ep = _Episode(env, task, traj)
+                _fail(ep, f"reset failed: {type(e).__name__}: {e}")
+                episodes.append(ep)
+
+    turn = 0
+    while True:
+        active = [ep for ep in episodes if not ep.done]
+        if not active:
+            break
+        room = min(cfg.max_total_tokens - len(ep.traj) for ep in active)
+        params = SamplingParams(
+            max_new_tokens=max(1, min(cfg.max_new_tokens, room)),
+            temperature=0.0 if greedy else cfg.temperature, top_p=1.0 if greedy else cfg.top_p,
+            stop=stops or [], seed=None if seed is None else seed * 1000 + turn)
+        try:
+            outs = engine.generate([ep.traj.token_ids for ep in active], params)
+        except Exception as e:  # the engine itself failed: every active episode records it
+            for ep in active:
+                _fail(ep, f"engine failed: {type(e).__name__}: {e}")
+            log.error("engine failed on turn %d: %s", turn, e)
+            break
+        stepping: list[tuple[_Episode, str]] = []
+        for ep, out in zip(active, outs):
+            start = len(ep.traj)
+            ep.traj.append_sampled(out.token_ids, out.logprobs)
+            ep.turn_start = start
+            if out.finish_reason == "stop":
+                action = tokenizer.decode(out.token_ids, skip_special_tokens=False)
+                stepping.append((ep, action))
+                continue
+            ep.traj.turns.append(Turn(start, len(ep.traj), len(ep.traj), out.finish_reason))
+            if out.finish_reason == "eos":
+                _finish(ep, "eos")
+            elif len(ep.traj) >= cfg.max_total_tokens:
+                _finish(ep, "max_total_tokens", truncated=True)
+            else:
+                _finish(ep, "max_new_tokens", truncated=True)
+        _step_all(stepping, tokenizer, cfg)
+        turn += 1
+
+    for ep in episodes:
+        _score(ep, tokenizer)
+    return [ep.traj for ep in episodes]
+
+
+def _step_all(stepping: list[tuple[_Episode, str]], tokenizer, cfg) -> None:
+    """Call the environment on every episode whose turn ended with a stop string, batched by class."""
+    by_cls: dict[type, list[tuple[_Episode, str]]] = {}
+    for ep, action in stepping:
+        by_cls.setdefault(type(ep.env), []).append((ep, action))
+    for cls, items in by_cls.items():
+        try:
+            results = cls.step_batch([ep.env for ep, _ in items], [a for _, a in items])
+            if len(results) != len(items):
+                raise RuntimeError(f"step_batch returned {len(results)} results for {len(items)} actions")
+        except Exception:  # isolate the failure to the episodes that cause it
+            results = []
+            for ep, action in items:
+                try:
+                    results.append(ep.env.step(action))
+                except Exception as e:
+                    results.append(e)
+        for (ep, _), res in zip(items, results):
+            _apply(ep, res, tokenizer, cfg)
+
+
+def _apply(ep: _Episode, res: StepResult | Exception, tokenizer, cfg) -> None:
+    traj = ep.traj
+    action_end = len(traj)
+    if isinstance(res, Exception):
+        traj.turns.append(Turn(ep.turn_start, action_end, action_end, "stop"))
+        _fail(ep, f"step failed: {type(res).__name__}: {res}")
+        return
+    if res.tool_call is not None:
+        traj.tool_calls.append(res.tool_call)
+    if res.reward is not None:
+        ep.step_reward = float(res.reward)
+    if res.done:
+        traj.turns.append(Turn(ep.turn_start, action_end, action_end, "stop"))
+        _finish(ep, "done")
+        return
+    room = cfg.max_total_tokens - len(traj)
+    obs, cut = encode_observation(tokenizer, res.observation, min(cfg.max_obs_tokens, max(room, 0)))
+    traj.append_observation(obs)
+    traj.turns.append(Turn(ep.turn_start, action_end, len(traj), "stop"))
+    if cut:
+        traj.info["observations_truncated"] = traj.info.get("observations_truncated", 0) + 1
+    if len(traj.turns) >= cfg.max_turns:
+        _finish(ep, "max_turns", truncated=True)
+    elif len(traj) >= cfg.max_total_tokens:
+        _finish(ep, "max_total_tokens", truncated=True)
+
+
+def _finish(ep: _Episode, reason: str, truncated: bool = False) -> None:
+    ep.done = True
+    ep.traj.finish_reason = reason
+    ep.traj.truncated = truncated
+
+
+def _fail(ep: _Episode, message: str) -> None:
+    log.warning("episode of task %s failed: %s", ep.task.id, message)
+    _finish(ep, "error")
+    ep.traj.error = message
+
+
+def _score(ep: _Episode, tokenizer) -> None:
+    traj = ep.traj
+    try:
+        traj.info.update(ep.env.metrics())
+    except Exception as e:
+        traj.info["metrics_error"] = str(e)
+    if traj.error is not None:
+        traj.reward, traj.correct = 0.0, False
+        return
+    if ep.step_reward is not None:
+        traj.reward = ep.step_reward
+        return
+    completion = tokenizer.decode(traj.completion_ids, skip_special_tokens=False)
+    try:
+        score = ep.env.score(completion, ep.task)
+    except Exception as e:  # a scoring failure is the episode's, never the batch's
+        traj.reward, traj.correct = 0.0, False
+        traj.info["score_error"] = f"{type(e).__name__}: {e}"
+        return
+    traj.reward, traj.correct, traj.reward_parts = float(score.reward), score.correct, dict(score.parts)
+    if score.reason:
+        traj.info["score_reason"] = score.reason
