@@ -255,7 +255,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(_parse_cli_overrides(overrides)))
     except OmegaConfBaseException as e:
         where = f" in {path}" if path else ""
-        raise ValueError(f"bad setting{where}: {e}".splitlines()[0]) from None
+        key = getattr(e, "full_key", None)
+        msg = str(e).splitlines()[0]
+        raise ValueError(f"bad setting{where}" + (f" {key!r}" if key else "") + f": {msg}") from None
     obj = OmegaConf.to_object(cfg)
     return obj.validate() if hasattr(obj, "validate") else obj
 
