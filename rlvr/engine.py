@@ -50,3 +50,18 @@ class Engine(Protocol):
     def load_weights(self, model_or_state_dict) -> None: ...
 
     def close(self) -> None: ...
+
+
+def make_engine(kind: str, model, tokenizer, model_path: str | None = None) -> Engine:
+    """``rollout.engine``: ``hf`` shares the training model; ``vllm`` loads ``model_path`` in vLLM."""
+    if kind == "hf":
+        from rlvr.hf_engine import HFEngine
+
+        return HFEngine(model, tokenizer)
+    if kind == "vllm":
+        from rlvr.vllm_engine import VLLMEngine
+
+        if not model_path:
+            raise ValueError("rollout.engine = vllm needs model.name_or_path to be a hub id or directory")
+        return VLLMEngine(model_path)
+    raise ValueError(f"rollout.engine {kind!r} is not hf or vllm")
