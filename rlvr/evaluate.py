@@ -1,0 +1,204 @@
+"""Exact-match evaluation on QA benchmarks: batched greedy multi-turn rollouts, scored per dataset.
+
+    result = evaluate(model, tokenizer, {"nq": nq_tasks, "hotpotqa": hp_tasks}, env_factory,
+                      cfg=RolloutConfig(max_turns=4), batch_size=32,
+                      predictions_path="runs/eval/predictions.jsonl")
+    result["average"]["em"]
+
+Every example is one greedy episode (``samples_per_prompt = 1``) through :func:`rlvr.rollout.collect`,
+so evaluation sees exactly what training sees: the same environment, stop strings and budgets. The
+policy's own text (retrieved passages removed) is scored by the verifiers ``qa_em``, ``qa_f1`` and
+``qa_cover_em`` against the list of golds. The average is the unweighted mean over datasets, as in
+the Search-R1 paper's "Avg." column.
+
+Predictions go to a JSONL file, one line per example, written as each batch finishes; a rerun with
+the same file skips the examples already there (resume after an interruption). A half-written last
+line from a killed run is ignored and its example is evaluated again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+from rlvr.types import Task, Trajectory
+
+log = logging.getLogger(__name__)
+
+#: report key → verifier; the first is the headline number.
+METRICS = {"em": "qa_em", "f1": "qa_f1", "cover_em": "qa_cover_em"}
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
+_INFORMATION = re.compile(r"<information>.*?(?:</information>|$)", re.S)
+
+
+def policy_text(completion: str) -> str:
+    """The completion without retrieved ``<information>`` blocks: only what the policy wrote."""
+    return _INFORMATION.sub("", completion)
+
+
+def extract_prediction(completion: str) -> str | None:
+    """The last ``<answer>`` of the policy's own text, stripped; None when it never answered."""
+    found = _ANSWER.findall(policy_text(completion))
+    return found[-1].strip() if found else None
+
+
+def score_example(completion: str, golds: Any, **info: Any) -> dict[str, float]:
+    """EM / F1 / cover-EM of one completion through the registered verifiers (never raises)."""
+    from rlvr.scoring import verify
+
+    text = policy_text(completion)
+    return {key: float(verify(name, text, golds, **info).reward) for key, name in METRICS.items()}
+
+
+def read_predictions(path: str | Path) -> dict[str, dict]:
+    """Records of a predictions file by example id; unreadable lines (a killed write) are skipped."""
+    p = Path(path)
+    if not p.exists():
+        return {}
+    out: dict[str, dict] = {}
+    with p.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                log.warning("%s line %d is not valid JSON (an interrupted write?); it is redone", p, n)
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("id"), str):
+                out[rec["id"]] = rec
+    return out
+
+
+def make_record(task: Task, traj: Trajectory, tokenizer, dataset: str) -> dict:
+    prompt = tokenizer.decode(traj.token_ids[: traj.prompt_len], skip_special_tokens=False)
+    completion = tokenizer.decode(traj.completion_ids, skip_special_tokens=False)
+    golds = task.answer if isinstance(task.answer, list) else [task.answer]
+    scores = score_example(completion, golds, **task.info)
+    return {
+        "id": task.id, "dataset": dataset,
+        "question": task.prompt if isinstance(task.prompt, str) else task.prompt[-1]["content"],
+        "golden_answers": golds, "prediction": extract_prediction(completion), **scores,
+        "reward": traj.reward, "finish_reason": traj.finish_reason, "truncated": traj.truncated,
+        "error": traj.error, "turns": len(traj.turns),
+        "searches": sum(1 for c in traj.tool_calls if c.name == "search"),
+        "metrics": traj.info, "prompt": prompt, "trajectory": completion,
+    }
+
+
+def summarize(records: list[dict]) -> dict[str, float]:
+    """Means of the metrics over records (NaN when there are none)."""
+    n = len(records)
+    out: dict[str, float] = {"n": n}
+    for key in (*METRICS, "answered", "searches"):
+        if key == "answered":
+            vals = [float(r.get("prediction") is not None) for r in records]
+        else:
+            vals = [float(r.get(key, 0.0)) for r in records]
+        out[key] = sum(vals) / n if n else math.nan
+    return out
+
+
+def evaluate(model, tokenizer, datasets: dict[str, list[Task]], env_factory: Callable[[], Any], *,
+             cfg, batch_size: int = 16, predictions_path: str | Path | None = None,
+             progress: bool = True, engine=None) -> dict:
+    """Greedy multi-turn rollouts on every task; per-dataset EM / F1 / cover-EM and their average.
+
+    ``cfg`` is a :class:`rlvr.config.RolloutConfig` (turn and token budgets; sampling settings are
+    ignored: evaluation is greedy). ``engine`` overrides the default :class:`rlvr.hf_engine.HFEngine`
+    over ``model`` (e.g. a vLLM engine). Returns ``{"datasets": {name: {"n", "em", "f1", "cover_em",
+    "answered", "searches"}}, "average": {...}, "num_examples", "predictions_path"}``.
+    """
+    from rlvr.rollout import collect
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not datasets:
+        raise ValueError("no datasets to evaluate")
+    if engine is None:
+        from rlvr.hf_engine import HFEngine
+
+        engine = HFEngine(model, tokenizer)
+    done = read_predictions(predictions_path) if predictions_path else {}
+    todo = [(name, t) for name, tasks in datasets.items() for t in tasks if t.id not in done]
+    total = sum(len(tasks) for tasks in datasets.values())
+    if done and todo:
+        log.info("resuming: %d of %d examples already in %s", total - len(todo), total,
+                 predictions_path)
+    bar = _progress_bar(total, total - len(todo), progress)
+    out_file = _open_append(predictions_path) if predictions_path else None
+    try:
+        for name in datasets:
+            pending = [t for n, t in todo if n == name]
+            for start in range(0, len(pending), batch_size):
+                chunk = pending[start:start + batch_size]
+                trajs = collect(engine, tokenizer, env_factory, chunk, samples_per_prompt=1,
+                                cfg=cfg, greedy=True)
+                for task, traj in zip(chunk, trajs):
+                    rec = make_record(task, traj, tokenizer, name)
+                    done[task.id] = rec
+                    if out_file is not None:
+                        out_file.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+                if out_file is not None:
+                    out_file.flush()  # a killed run loses at most the batch in flight
+                if bar is not None:
+                    bar.update(len(chunk))
+    finally:
+        if out_file is not None:
+            out_file.close()
+        if bar is not None:
+            bar.close()
+    per = {name: summarize([done[t.id] for t in tasks]) for name, tasks in datasets.items()}
+    average = {key: _mean([per[n][key] for n in per]) for key in (*METRICS, "answered", "searches")}
+    average["n"] = total
+    result = {"datasets": per, "average": average, "num_examples": total,
+              "predictions_path": str(predictions_path) if predictions_path else None}
+    if progress:
+        print(format_table(result))
+    return result
+
+
+def format_table(result: dict) -> str:
+    """A fixed-width table: one row per dataset, then the average over datasets."""
+    head = f"{'dataset':<18}{'n':>7}{'EM':>8}{'F1':>8}{'cover-EM':>10}{'answered':>10}"
+    lines = [head, "-" * len(head)]
+    rows = list(result["datasets"].items()) + [("average", result["average"])]
+    for name, m in rows:
+        if name == "average":
+            lines.append("-" * len(head))
+        lines.append(f"{name:<18}{int(m['n']):>7}{m['em']:>8.3f}{m['f1']:>8.3f}"
+                     f"{m['cover_em']:>10.3f}{m['answered']:>10.3f}")
+    return "\n".join(lines)
+
+
+def _mean(xs: list[float]) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def _open_append(path: str | Path):
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    # A run killed mid-line leaves no trailing newline; start on a fresh line so the next record
+    # stays readable (the broken fragment is skipped by read_predictions).
+    needs_newline = False
+    if p.exists() and p.stat().st_size > 0:
+        with p.open("rb") as f:
+            f.seek(-1, 2)
+            needs_newline = f.read(1) != b"\n"
+    f = p.open("a", encoding="utf-8")
+    if needs_newline:
+        f.write("\n")
+    return f
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="eval", unit="ex")

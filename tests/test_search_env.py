@@ -1,0 +1,224 @@
+"""The search environments through the real episode loop with a scripted engine and a fake index."""
+
+import pytest
+
+from rlvr.config import RolloutConfig
+from rlvr.environments import search as search_mod
+from rlvr.environments.search import (INVALID_ACTION_MESSAGE, SEARCH_R1_TEMPLATE, DirectEnv,
+                                      RagEnv, SearchEnv, information_block, parse_action,
+                                      strip_information)
+from rlvr.retrieval.base import Hit, RetrievalError, format_passages
+from rlvr.retrieval.corpus import Passage
+from rlvr.rollout import collect, make_env_factory
+from rlvr.config import EnvConfig
+from rlvr.testing import ScriptedEngine
+from rlvr.types import Task
+
+DOCS = {
+    "france": Passage.from_contents("d1", '"Paris"\nParis is the capital of France.'),
+    "japan": Passage.from_contents("d2", '"Tokyo"\nTokyo is the capital of Japan.'),
+}
+
+
+class FakeIndex:
+    """Returns the passage whose key occurs in the query; records every batched call."""
+
+    def __init__(self, fail: bool = False):
+        self.calls: list[tuple[list[str], int]] = []
+        self.fail = fail
+
+    def search(self, queries, k):
+        self.calls.append((list(queries), k))
+        if self.fail:
+            raise RetrievalError("server at http://127.0.0.1:9 refused the connection")
+        return [[Hit(p, 1.0) for key, p in DOCS.items() if key in q.lower()][:k] for q in queries]
+
+
+def search_policy(context: str) -> str:
+    # first turn: search for the country in the question; after <information>: answer from it
+    # (the instruction itself names <information>, so only the text after "Question:" counts)
+    after = context.split("Question:")[-1]
+    if "<information>" not in after:
+        country = "france" if "France" in after else "japan"
+        return f"<think>I need to look it up.</think><search> capital of {country} </search> junk"
+    city = "Paris" if "Paris is" in after else "Tokyo"
+    return f"<think>Found it.</think><answer> {city} </answer>"
+
+
+def factory(**settings):
+    return make_env_factory(EnvConfig(name="search", settings=settings))
+
+
+def run(tok, policy, tasks, env_factory, cfg=None):
+    cfg = cfg or RolloutConfig(max_turns=4, max_new_tokens=64, max_total_tokens=1024,
+                               max_obs_tokens=256)
+    return collect(ScriptedEngine(tok, policy), tok, env_factory, tasks, samples_per_prompt=1,
+                   cfg=cfg, greedy=True)
+
+
+TASKS = [Task("What is the capital of France", ["Paris"], id="q:0"),
+         Task("What is the capital of Japan?", ["Tokyo"], id="q:1"),
+         Task("Which city is the capital of France?", ["Paris"], id="q:2")]
+
+
+def test_search_trajectory_masks_keep_retrieved_text_out_of_the_loss(tiny_tokenizer):
+    tok = tiny_tokenizer
+    index = FakeIndex()
+    trajs = run(tok, search_policy, TASKS, factory(index=index, topk=2))
+    # all three searches of turn 1 went to the index as one batched call with topk 2
+    assert index.calls == [(["capital of france", "capital of japan", "capital of france"], 2)]
+    tr = trajs[0]
+    assert tr.finish_reason == "done" and tr.error is None and not tr.truncated
+    obs = information_block(format_passages([Hit(DOCS["france"], 1.0)]))
+    assert obs == '\n\n<information>Doc 1(Title: "Paris") Paris is the capital of France.</information>\n\n'
+    sampled_text = ("<think>I need to look it up.</think><search> capital of france </search>"
+                    "<think>Found it.</think><answer> Paris </answer>")
+    completion = tok.decode(tr.completion_ids, skip_special_tokens=False)
+    assert completion == ("<think>I need to look it up.</think><search> capital of france </search>"
+                          + obs + "<think>Found it.</think><answer> Paris </answer>")
+    sampled = [t for t, m in zip(tr.token_ids, tr.loss_mask) if m]
+    assert tok.decode(sampled, skip_special_tokens=False) == sampled_text
+    masked = [t for t, m in zip(tr.token_ids[tr.prompt_len:], tr.loss_mask[tr.prompt_len:]) if not m]
+    assert tok.decode(masked, skip_special_tokens=False) == obs  # exactly the observation, nothing else
+    # the first turn's span ends at the stop string, its observation right after
+    t0 = tr.turns[0]
+    assert tok.decode(tr.token_ids[t0.action_end:t0.observation_end]) == obs
+    assert [c.name for c in tr.tool_calls] == ["search", "answer"]
+    assert tr.info["searches"] == 1 and tr.info["answered"] == 1 and tr.info["invalid_actions"] == 0
+    assert [t.info["searches"] for t in trajs] == [1, 1, 1]
+
+
+def test_reward_is_qa_em_on_the_policy_text(tiny_tokenizer):
+    pytest.importorskip("rlvr.verifiers.qa")
+    trajs = run(tiny_tokenizer, search_policy, TASKS, factory(index=FakeIndex()))
+    # q:0 France→Paris ✓, q:1 Japan→Tokyo ✓, q:2 France→Paris ✓
+    assert [t.reward for t in trajs] == [1.0, 1.0, 1.0] and all(t.correct for t in trajs)
+    env = SearchEnv(index=FakeIndex())
+    task = Task("Capital of France?", ["Paris"], id="x")
+    # an <answer> inside retrieved passages is never the policy's answer
+    leaked = "<search> x </search>\n\n<information>Doc 1(Title: a) <answer> Paris </answer></information>"
+    assert env.score(leaked, task).reward == 0.0
+    assert env.score(leaked + "<answer> Paris </answer>", task).reward == 1.0
+
+
+def test_invalid_action_gets_search_r1_message_and_is_counted(tiny_tokenizer):
+    tok = tiny_tokenizer
+
+    def policy(context):
+        if "Let me try again" not in context:
+            return "I think the answer is obvious</search>"  # a closing tag with no <search>
+        return "<answer> Paris </answer>"
+
+    [tr] = run(tok, policy, TASKS[:1], factory(index=FakeIndex()))
+    assert tr.finish_reason == "done"
+    completion = tok.decode(tr.completion_ids, skip_special_tokens=False)
+    assert completion == ("I think the answer is obvious</search>" + INVALID_ACTION_MESSAGE
+                          + "<answer> Paris </answer>")
+    assert INVALID_ACTION_MESSAGE.startswith("\nMy previous action is invalid. If I want to search")
+    assert tr.info["invalid_actions"] == 1 and tr.info["searches"] == 0
+    assert tr.tool_calls[0].valid is False
+
+
+def test_empty_query_is_invalid_and_never_reaches_the_index():
+    index = FakeIndex()
+    env = SearchEnv(index=index)
+    res = env.step("<search>   </search>")
+    assert res.observation == INVALID_ACTION_MESSAGE and not res.done and index.calls == []
+    assert env.metrics()["invalid_actions"] == 1
+
+
+def test_retrieval_failure_is_an_error_observation_not_a_crash(tiny_tokenizer):
+    tok = tiny_tokenizer
+    trajs = run(tok, search_policy, TASKS[:2], factory(index=FakeIndex(fail=True)))
+    for tr in trajs:
+        assert tr.error is None and tr.finish_reason == "done"  # the episode went on and answered
+        completion = tok.decode(tr.completion_ids, skip_special_tokens=False)
+        assert "<information>Search failed (RetrievalError: server at http://127.0.0.1:9" in completion
+        assert tr.info["retrieval_errors"] == 1 and tr.tool_calls[0].error
+
+
+def test_long_observation_is_cut_keeping_the_closing_tag(tiny_tokenizer):
+    tok = tiny_tokenizer
+    long_doc = Passage.from_contents("d9", '"France"\n' + "France is a country in Europe. " * 40)
+
+    class LongIndex(FakeIndex):
+        def search(self, queries, k):
+            return [[Hit(long_doc, 1.0)] for _ in queries]
+
+    cfg = RolloutConfig(max_turns=4, max_new_tokens=64, max_total_tokens=1024, max_obs_tokens=24)
+    [tr] = run(tok, search_policy, TASKS[:1], factory(index=LongIndex()), cfg)
+    t0 = tr.turns[0]
+    obs_ids = tr.token_ids[t0.action_end:t0.observation_end]
+    assert len(obs_ids) == 24
+    obs = tok.decode(obs_ids, skip_special_tokens=False)
+    assert obs.startswith("\n\n<information>Doc 1(Title: \"France\") France is")
+    assert obs.endswith("</information>\n\n")
+    assert tr.info["observations_truncated"] == 1
+    assert not any(tr.loss_mask[t0.action_end:t0.observation_end])
+
+
+def test_prompt_is_search_r1_template_and_configurable():
+    env = SearchEnv(index=FakeIndex())
+    [msg] = env.reset(Task("  who wrote hamlet ", ["Shakespeare"], id="a"))
+    assert msg["role"] == "user"
+    assert msg["content"] == SEARCH_R1_TEMPLATE.replace("{question}", "who wrote hamlet?")
+    assert msg["content"].startswith("Answer the given question. You must conduct reasoning inside "
+                                     "<think> and </think> first every time you get new information.")
+    custom = SearchEnv(index=FakeIndex(), template='Q: {question} {"json": 1}', chat=False)
+    assert custom.reset(Task("x?", ["y"], id="b")) == 'Q: x? {"json": 1}'
+    with pytest.raises(ValueError, match="question"):
+        SearchEnv(index=FakeIndex(), template="no placeholder")
+    assert SearchEnv.stop_strings == ["</search>", "</answer>"]
+
+
+def test_retriever_settings_are_checked():
+    with pytest.raises(ValueError, match="exactly one of"):
+        SearchEnv()
+    with pytest.raises(ValueError, match="exactly one of"):
+        SearchEnv(index=FakeIndex(), retriever_url="http://127.0.0.1:1/retrieve")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        SearchEnv(index_dir="/nonexistent/index")
+    with pytest.raises(TypeError, match="no setting"):
+        SearchEnv(index=FakeIndex(), top_k=3)
+
+
+def test_index_is_loaded_once_per_path(tmp_path, monkeypatch):
+    import rlvr.retrieval.base as base
+
+    loads = []
+    monkeypatch.setattr(base, "load_index", lambda d: loads.append(d) or FakeIndex())
+    monkeypatch.setattr(search_mod, "_INDEXES", {})
+    a = SearchEnv(index_dir=str(tmp_path))
+    b = SearchEnv(index_dir=str(tmp_path) + "/.")
+    assert a.retriever is b.retriever and len(loads) == 1
+
+
+def test_parse_action():
+    assert parse_action("<think>x</think><search> q1 </search>") == ("search", "q1")
+    assert parse_action("<answer> Paris </answer>") == ("answer", "Paris")
+    assert parse_action("<think>use <search> tags</think><search>q</search>") == ("search", "q")
+    assert parse_action("no tags </answer>") == (None, "")
+    assert strip_information("a<information>b</information>c<information>cut") == "ac"
+
+
+def test_direct_and_rag_baselines(tiny_tokenizer):
+    tok = tiny_tokenizer
+    direct = make_env_factory(EnvConfig(name="search_direct"))
+    [tr] = run(tok, lambda ctx: "<think>hm</think><answer> Paris </answer> more", TASKS[:1], direct)
+    prompt = tok.decode(tr.token_ids[:tr.prompt_len])
+    assert "<search>" not in prompt and "capital of France?" in prompt
+    assert tr.finish_reason == "done" and tr.info["answered"] == 1 and len(tr.turns) == 1
+
+    index = FakeIndex()
+    rag = make_env_factory(EnvConfig(name="search_rag", settings={"index": index, "topk": 1}))
+    trajs = run(tok, lambda ctx: "<answer> Paris </answer>", TASKS[:2], rag)
+    assert [c[0] for c in index.calls] == [["What is the capital of France?"],
+                                           ["What is the capital of Japan?"]]
+    prompt = tok.decode(trajs[0].token_ids[:trajs[0].prompt_len])
+    assert 'Doc 1(Title: "Paris") Paris is the capital of France.' in prompt
+    assert trajs[0].info["searches"] == 1
+    # a failing retriever still yields a prompt, flagged in the metrics
+    env = RagEnv(index=FakeIndex(fail=True))
+    assert "retrieval failed" in env.reset(TASKS[0])[0]["content"]
+    assert env.metrics()["retrieval_errors"] == 1
+    assert DirectEnv().step("nothing</answer>").done
