@@ -85,15 +85,15 @@ def load_qa_many(specs: str | Iterable[str], **kw: Any) -> dict[str, list[Task]]
     """``"nq,hotpotqa,my.jsonl"`` → ``{"nq": [...], "hotpotqa": [...], "my": [...]}`` (in order)."""
     if isinstance(specs, str):
         specs = [s.strip() for s in specs.split(",") if s.strip()]
-    out: dict[str, list[Task]] = {}
-    for spec in specs:
+    named: dict[str, str] = {}
+    for spec in specs:  # names first: a duplicate fails before anything is read
         name = Path(spec).stem if Path(spec).suffix in _FILE_SUFFIXES else spec
-        if name in out:
-            raise ValueError(f"dataset {name!r} is named twice")
-        out[name] = load_qa(spec, **kw)
-    if not out:
+        if name in named:
+            raise ValueError(f"dataset {name!r} is named twice ({named[name]} and {spec})")
+        named[name] = spec
+    if not named:
         raise ValueError("no dataset named: give e.g. nq,hotpotqa or a .jsonl file")
-    return out
+    return {name: load_qa(spec, **kw) for name, spec in named.items()}
 
 
 def rows_to_tasks(rows: Iterable[Any], dataset: str, where: str, limit: int = 0) -> list[Task]:

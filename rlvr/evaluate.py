@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 #: report key → verifier; the first is the headline number.
 METRICS = {"em": "qa_em", "f1": "qa_f1", "cover_em": "qa_cover_em"}
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
 _INFORMATION = re.compile(r"<information>.*?(?:</information>|$)", re.S)
 
 
@@ -41,9 +40,12 @@ def policy_text(completion: str) -> str:
 
 
 def extract_prediction(completion: str) -> str | None:
-    """The last ``<answer>`` of the policy's own text, stripped; None when it never answered."""
-    found = _ANSWER.findall(policy_text(completion))
-    return found[-1].strip() if found else None
+    """The last ``<answer>`` of the policy's own text (as the verifiers read it); None when the
+    policy never answered."""
+    from rlvr.verifiers.qa import extract_answer
+
+    pred = extract_answer(policy_text(completion))
+    return None if pred is None else pred.strip()
 
 
 def score_example(completion: str, golds: Any, **info: Any) -> dict[str, float]:

@@ -1,0 +1,182 @@
+"""Evaluation: hand-computed EM / F1 / cover-EM, resume after an interruption, and `rlvr eval`."""
+
+import json
+
+import pytest
+
+from rlvr.config import EnvConfig, RolloutConfig
+from rlvr.evaluate import evaluate, extract_prediction, format_table, read_predictions
+from rlvr.retrieval.base import Hit
+from rlvr.retrieval.corpus import Passage
+from rlvr.rollout import make_env_factory
+from rlvr.testing import ScriptedEngine
+from rlvr.types import Task
+
+BEATLES = Passage.from_contents("p1", '"The Beatles"\nThe Beatles were a rock band from Liverpool.')
+
+
+class OneDocIndex:
+    def __init__(self):
+        self.calls = []
+
+    def search(self, queries, k):
+        self.calls.append(list(queries))
+        return [[Hit(BEATLES, 1.0)] for _ in queries]
+
+
+# question → what the policy writes on its first turn (after "Question:")
+SCRIPT = {
+    "capital of France?": "<answer> Paris </answer>",
+    "largest city of the US?": "<answer> New York </answer>",
+    "capital of Japan?": "I am not sure",  # never answers: the turn runs out of tokens
+    "band of Lennon?": "<search> Lennon band </search>",  # searches, then answers (below)
+    "year of the fall of the Berlin Wall?": "<answer>1990</answer>",
+}
+
+
+def policy(context: str) -> str:
+    after = context.split("Question: ")[-1]
+    if "<information>" in after:
+        return "<answer> The Beatles band </answer>"
+    return SCRIPT[after.split("\n")[0]]
+
+
+def datasets():
+    return {
+        "a": [Task("capital of France", ["Paris"], {"dataset": "a"}, id="a:0"),
+              Task("largest city of the US", ["New York City", "NYC"], {"dataset": "a"}, id="a:1"),
+              Task("capital of Japan", ["Tokyo"], {"dataset": "a"}, id="a:2")],
+        "b": [Task("band of Lennon", ["the Beatles"], {"dataset": "b"}, id="b:0"),
+              Task("year of the fall of the Berlin Wall", ["1990"], {"dataset": "b"}, id="b:1")],
+    }
+
+
+CFG = RolloutConfig(max_turns=3, max_new_tokens=48, max_total_tokens=1024, max_obs_tokens=128)
+
+# Hand-computed (SQuAD normalisation: lower case, no punctuation, no articles):
+#   a:0 "Paris" vs [Paris]                 EM 1, F1 1,   cover 1
+#   a:1 "New York" vs [New York City, NYC] EM 0, F1 = 2·(2/2·2/3)/(2/2+2/3) = 0.8, cover 0
+#   a:2 no answer                          EM 0, F1 0,   cover 0
+#   b:0 "The Beatles band" vs [the Beatles] → "beatles band" vs "beatles":
+#                                          EM 0, F1 = 2·(1/2·1/1)/(1/2+1) = 2/3, cover 1
+#   b:1 "1990" vs [1990]                   EM 1, F1 1,   cover 1
+#   a: EM 1/3, F1 (1+0.8+0)/3 = 0.6, cover 1/3;  b: EM 1/2, F1 (2/3+1)/2 = 5/6, cover 1
+#   average over datasets: EM (1/3+1/2)/2 = 5/12, F1 (0.6+5/6)/2 = 43/60, cover (1/3+1)/2 = 2/3
+EXPECTED = {"a": {"em": 1 / 3, "f1": 0.6, "cover_em": 1 / 3, "answered": 2 / 3},
+            "b": {"em": 0.5, "f1": 5 / 6, "cover_em": 1.0, "answered": 1.0}}
+EXPECTED_AVG = {"em": 5 / 12, "f1": 43 / 60, "cover_em": 2 / 3}
+
+
+def run_eval(tok, engine, index, path=None, batch_size=2):
+    factory = make_env_factory(EnvConfig(name="search", settings={"index": index}))
+    return evaluate(None, tok, datasets(), factory, cfg=CFG, batch_size=batch_size,
+                    predictions_path=path, progress=False, engine=engine)
+
+
+def check_numbers(result):
+    for name, exp in EXPECTED.items():
+        for key, value in exp.items():
+            assert result["datasets"][name][key] == pytest.approx(value), (name, key)
+    for key, value in EXPECTED_AVG.items():
+        assert result["average"][key] == pytest.approx(value), key
+    assert result["datasets"]["a"]["n"] == 3 and result["num_examples"] == 5
+
+
+def test_numbers_match_a_hand_computed_fixture(tiny_tokenizer, tmp_path):
+    index = OneDocIndex()
+    path = tmp_path / "pred.jsonl"
+    result = run_eval(tiny_tokenizer, ScriptedEngine(tiny_tokenizer, policy), index, path)
+    check_numbers(result)
+    assert index.calls == [["Lennon band"]]
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["id"] for r in recs] == ["a:0", "a:1", "a:2", "b:0", "b:1"]
+    b0 = recs[3]
+    assert b0["prediction"] == "The Beatles band" and b0["golden_answers"] == ["the Beatles"]
+    assert b0["searches"] == 1 and b0["em"] == 0.0 and b0["cover_em"] == 1.0
+    assert "<information>Doc 1(Title: \"The Beatles\")" in b0["trajectory"]
+    assert b0["trajectory"].endswith("<answer> The Beatles band </answer>")
+    assert "Question: band of Lennon?" in b0["prompt"]
+    assert recs[2]["prediction"] is None and recs[2]["finish_reason"] == "max_new_tokens"
+    table = format_table(result)
+    assert "average" in table and "0.417" in table  # 5/12 = 0.4167
+
+
+class InterruptingEngine(ScriptedEngine):
+    """Dies (like Ctrl-C) on its n-th generate call."""
+
+    def __init__(self, tok, policy, die_on_call):
+        super().__init__(tok, policy)
+        self.die_on_call = die_on_call
+
+    def generate(self, prompts, params):
+        if len(self.calls) + 1 == self.die_on_call:
+            raise KeyboardInterrupt
+        return super().generate(prompts, params)
+
+
+def test_resume_after_interruption_skips_finished_examples(tiny_tokenizer, tmp_path):
+    tok = tiny_tokenizer
+    path = tmp_path / "pred.jsonl"
+    # batch_size 2: dataset a is batches [a:0, a:1] (1 generate call: both answer at once) and
+    # [a:2]; the interruption hits the first call of the second batch, after a:0 and a:1 were saved
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(tok, InterruptingEngine(tok, policy, die_on_call=2), OneDocIndex(), path)
+    assert list(read_predictions(path)) == ["a:0", "a:1"]
+    with path.open("a") as f:
+        f.write('{"id": "a:2", "em": 1.0, "pred')  # a write cut off mid-line
+    engine = ScriptedEngine(tok, policy)
+    result = run_eval(tok, engine, OneDocIndex(), path)
+    check_numbers(result)
+    first_turn_prompts = [tok.decode(p) for call in engine.calls for p in call
+                          if "<information>" not in tok.decode(p).split("Question:")[-1]]
+    asked = sorted(p.split("Question: ")[-1].split("?")[0] for p in first_turn_prompts)
+    assert asked == ["band of Lennon", "capital of Japan", "year of the fall of the Berlin Wall"]
+    assert sorted(read_predictions(path)) == ["a:0", "a:1", "a:2", "b:0", "b:1"]
+    # a third run has nothing left to generate
+    engine3 = ScriptedEngine(tok, policy)
+    check_numbers(run_eval(tok, engine3, OneDocIndex(), path))
+    assert engine3.calls == []
+
+
+def test_extract_prediction_ignores_retrieved_answers():
+    assert extract_prediction("<search>q</search><information><answer>x</answer></information>") is None
+    assert extract_prediction("<answer> a </answer> then <answer> b </answer>") == "b"
+
+
+def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
+    from rlvr.cli import main
+    from rlvr.models import save_tiny
+    from rlvr.retrieval.bm25 import BM25Index
+
+    model_dir = save_tiny(tmp_path / "model", hidden_size=32, num_layers=1)
+    passages = [Passage.from_title_text(f"p{i}", t, x) for i, (t, x) in enumerate([
+        ("Paris", "Paris is the capital of France."), ("Tokyo", "Tokyo is the capital of Japan."),
+        ("Hamlet", "Hamlet is a play by William Shakespeare.")])]
+    BM25Index.build(passages).save(tmp_path / "index")
+    data = tmp_path / "mini.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "golden_answers": a}) + "\n" for q, a in [
+        ("capital of France?", ["Paris"]), ("who wrote Hamlet?", ["Shakespeare"]),
+        ("capital of Japan?", ["Tokyo"])]))
+    out = tmp_path / "out"
+    argv = ["eval", "--model", str(model_dir), "--env", "search", "--data", str(data),
+            "--index", str(tmp_path / "index"), "--limit", "2", "--output-dir", str(out),
+            "--max-new-tokens", "8", "--max-total-tokens", "512", "--max-turns", "2",
+            "--batch-size", "2", "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    recs = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in recs] == ["mini:0", "mini:1"]
+    # the report's numbers are the means of the saved per-example scores
+    assert report["datasets"]["mini"]["n"] == 2
+    assert report["datasets"]["mini"]["em"] == pytest.approx(sum(r["em"] for r in recs) / 2)
+    assert report["average"]["em"] == report["datasets"]["mini"]["em"]
+    assert (out / "em.png").stat().st_size > 1000 and "average" in (out / "results.txt").read_text()
+    assert "average EM" in capsys.readouterr().out
+    # a rerun resumes (nothing left), and a different model in the same directory is refused
+    assert main(argv) == 0
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 2
+    assert main(argv[:2] + ["tiny"] + argv[3:]) == 2
+    assert "different evaluation" in capsys.readouterr().err
+    # a retrieving environment without an index is a clear usage error
+    assert main(["eval", "--model", str(model_dir), "--data", str(data)]) == 2
+    assert "--index DIR or --retriever URL" in capsys.readouterr().err
