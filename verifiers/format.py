@@ -67,7 +67,7 @@ def _blocks(text: str) -> tuple[list[str] | None, str]:
     if open_tag is not None:
         return None, f"<{open_tag}> is never closed"
     if text[pos:].strip():
-        return None, "text after the last tag"
+        return None, "text after the last tag" if seq else "no tagged blocks"
     return seq, ""
 
 
