@@ -96,8 +96,11 @@ def parse_action(text: str) -> tuple[str | None, str]:
 
 
 def strip_information(completion: str) -> str:
-    """The policy's own text: every ``<information>`` block (retrieved passages) removed."""
-    return _INFORMATION.sub("", completion)
+    """The policy's own text: every ``<information>`` block emptied of its passages. The empty
+    tags stay, so a format verifier still sees Search-R1's think / search / information grammar."""
+    return _INFORMATION.sub(
+        lambda m: "<information></information>" if m.group(0).endswith("</information>")
+        else "<information>", completion)
 
 
 # -- shared retrievers ---------------------------------------------------------------------------
@@ -166,6 +169,7 @@ class _QAEnv(Environment):
         super().__init__(**settings)
         if "{question}" not in self.template:
             raise ValueError(f"{type(self).__name__}: setting template must contain {{question}}")
+        self.actions = 0
         self.searches = 0
         self.invalid_actions = 0
         self.retrieval_errors = 0
@@ -198,8 +202,25 @@ class _QAEnv(Environment):
         return super().score(strip_information(completion), task)
 
     def metrics(self) -> dict[str, float]:
-        return {"searches": float(self.searches), "invalid_actions": float(self.invalid_actions),
+        return {"actions": float(self.actions), "searches": float(self.searches),
+                "invalid_actions": float(self.invalid_actions),
                 "retrieval_errors": float(self.retrieval_errors), "answered": float(self.answered)}
+
+
+def search_metrics(trajectories: list) -> dict[str, float]:
+    """Per-batch numbers of the QA environments from each trajectory's ``info`` (the episodes'
+    :meth:`metrics`): searches per trajectory, the share of valid actions, the share of
+    trajectories that answered, and retrieval failures per trajectory."""
+    infos = [t.info for t in trajectories if "answered" in t.info]
+    if not infos:
+        return {}
+    n = len(infos)
+    actions = sum(i.get("actions", 0.0) for i in infos)
+    invalid = sum(i.get("invalid_actions", 0.0) for i in infos)
+    return {"env/searches": sum(i.get("searches", 0.0) for i in infos) / n,
+            "env/valid_action_ratio": (actions - invalid) / actions if actions else 1.0,
+            "env/answered": sum(i.get("answered", 0.0) for i in infos) / n,
+            "env/retrieval_errors": sum(i.get("retrieval_errors", 0.0) for i in infos) / n}
 
 
 @rlvr.environment("search")
@@ -228,6 +249,7 @@ class SearchEnv(_QAEnv):
         results: list[StepResult | None] = [None] * len(envs)
         pending: dict[tuple[int, int], list[tuple[int, str]]] = {}  # (retriever, k) → [(i, query)]
         for i, (env, action) in enumerate(zip(envs, actions)):
+            env.actions += 1
             kind, content = parse_action(action)
             if kind == "answer":
                 env.answered = 1
@@ -273,6 +295,7 @@ class DirectEnv(_QAEnv):
     template = DIRECT_TEMPLATE
 
     def step(self, action: str) -> StepResult:
+        self.actions += 1
         kind, content = parse_action(action)
         if kind == "answer":
             self.answered = 1

@@ -35,8 +35,10 @@ _INFORMATION = re.compile(r"<information>.*?(?:</information>|$)", re.S)
 
 
 def policy_text(completion: str) -> str:
-    """The completion without retrieved ``<information>`` blocks: only what the policy wrote."""
-    return _INFORMATION.sub("", completion)
+    """The completion with its ``<information>`` blocks emptied: only what the policy wrote."""
+    return _INFORMATION.sub(
+        lambda m: "<information></information>" if m.group(0).endswith("</information>")
+        else "<information>", completion)
 
 
 def extract_prediction(completion: str) -> str | None:

@@ -6,7 +6,7 @@ from rlvr.config import RolloutConfig
 from rlvr.environments import search as search_mod
 from rlvr.environments.search import (INVALID_ACTION_MESSAGE, SEARCH_R1_TEMPLATE, DirectEnv,
                                       RagEnv, SearchEnv, information_block, parse_action,
-                                      strip_information)
+                                      search_metrics, strip_information)
 from rlvr.retrieval.base import Hit, RetrievalError, format_passages
 from rlvr.retrieval.corpus import Passage
 from rlvr.rollout import collect, make_env_factory
@@ -101,6 +101,18 @@ def test_reward_is_qa_em_on_the_policy_text(tiny_tokenizer):
     assert env.score(leaked + "<answer> Paris </answer>", task).reward == 1.0
 
 
+def test_format_shaping_through_verifier_weights(tiny_tokenizer):
+    pytest.importorskip("rlvr.verifiers.format")
+    shaped = factory(index=FakeIndex(), verifiers={"qa_em": 1.0, "format_search": 0.2})
+    [tr] = run(tiny_tokenizer, search_policy, TASKS[:1], shaped)
+    # think, search, information, think, answer is Search-R1's grammar: 1.0·1 + 0.2·1 = 1.2
+    assert tr.reward_parts == {"qa_em": 1.0, "format_search": 1.0}
+    assert tr.reward == pytest.approx(1.2) and tr.correct is True
+    # a bare answer after untagged text: right answer, broken format: 1.0·1 + 0.2·0 = 1.0
+    [tr] = run(tiny_tokenizer, lambda ctx: "Paris it is. <answer> Paris </answer>", TASKS[:1], shaped)
+    assert tr.reward_parts == {"qa_em": 1.0, "format_search": 0.0} and tr.reward == 1.0
+
+
 def test_invalid_action_gets_search_r1_message_and_is_counted(tiny_tokenizer):
     tok = tiny_tokenizer
 
@@ -117,6 +129,11 @@ def test_invalid_action_gets_search_r1_message_and_is_counted(tiny_tokenizer):
     assert INVALID_ACTION_MESSAGE.startswith("\nMy previous action is invalid. If I want to search")
     assert tr.info["invalid_actions"] == 1 and tr.info["searches"] == 0
     assert tr.tool_calls[0].valid is False
+    # per batch: this episode (2 actions, 1 invalid, 0 searches) and a searching one (2 valid
+    # actions, 1 search): valid ratio (4 - 1) / 4 = 0.75, searches (0 + 1) / 2 = 0.5, both answered
+    [good] = run(tok, search_policy, TASKS[:1], factory(index=FakeIndex()))
+    assert search_metrics([tr, good]) == {"env/searches": 0.5, "env/valid_action_ratio": 0.75,
+                                          "env/answered": 1.0, "env/retrieval_errors": 0.0}
 
 
 def test_empty_query_is_invalid_and_never_reaches_the_index():
@@ -198,7 +215,8 @@ def test_parse_action():
     assert parse_action("<answer> Paris </answer>") == ("answer", "Paris")
     assert parse_action("<think>use <search> tags</think><search>q</search>") == ("search", "q")
     assert parse_action("no tags </answer>") == (None, "")
-    assert strip_information("a<information>b</information>c<information>cut") == "ac"
+    assert strip_information("a<information>b</information>c<information>cut") == \
+        "a<information></information>c<information>"
 
 
 def test_direct_and_rag_baselines(tiny_tokenizer):
@@ -222,3 +240,23 @@ def test_direct_and_rag_baselines(tiny_tokenizer):
     assert "retrieval failed" in env.reset(TASKS[0])[0]["content"]
     assert env.metrics()["retrieval_errors"] == 1
     assert DirectEnv().step("nothing</answer>").done
+
+
+def test_search_through_a_retrieval_server_and_a_dead_one(tiny_tokenizer):
+    from rlvr.retrieval.bm25 import BM25Index
+    from rlvr.retrieval.server import running_server
+
+    tok = tiny_tokenizer
+    index = BM25Index.build(list(DOCS.values()))
+    with running_server(index) as base_url:
+        url = base_url + "/retrieve"
+        trajs = run(tok, search_policy, TASKS, factory(retriever_url=url, topk=1))
+    for tr, city in zip(trajs, ["Paris", "Tokyo", "Paris"]):
+        completion = tok.decode(tr.completion_ids, skip_special_tokens=False)
+        assert f'<information>Doc 1(Title: "{city}") {city} is the capital' in completion
+        assert completion.endswith(f"<answer> {city} </answer>") and tr.info["retrieval_errors"] == 0
+    # the server is gone now: the same URL yields an error observation, not a crashed batch
+    [tr] = run(tok, search_policy, TASKS[:1], factory(retriever_url=url))
+    completion = tok.decode(tr.completion_ids, skip_special_tokens=False)
+    assert "<information>Search failed (RetrievalError:" in completion and "refused" in completion
+    assert tr.error is None and tr.info["retrieval_errors"] == 1
