@@ -23,9 +23,19 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
+from pydantic import BaseModel, Field
+
 from rlvr.retrieval.base import Index
 
 log = logging.getLogger(__name__)
+
+
+class QueryRequest(BaseModel):
+    """Search-R1's request body."""
+
+    queries: list[str]
+    topk: Optional[int] = Field(default=None, ge=1)
+    return_scores: bool = False
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -36,12 +46,6 @@ def create_app(index: Index, *, default_topk: int = 3, max_queries: int = 4096,
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, Field
-
-    class QueryRequest(BaseModel):
-        queries: list[str]
-        topk: Optional[int] = Field(default=None, ge=1, le=max_topk)
-        return_scores: bool = False
 
     app = FastAPI(title="rlvr retriever", version="1")
     lock = threading.Lock()
@@ -70,6 +74,9 @@ def create_app(index: Index, *, default_topk: int = 3, max_queries: int = 4096,
         if len(req.queries) > max_queries:
             return JSONResponse(status_code=413, content={
                 "error": f"{len(req.queries)} queries in one request; the limit is {max_queries}"})
+        if req.topk is not None and req.topk > max_topk:
+            return JSONResponse(status_code=422, content={
+                "error": f"topk {req.topk} is above this server's limit of {max_topk}"})
         k = req.topk or default_topk
         with lock:
             results = index.search(req.queries, k)

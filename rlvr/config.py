@@ -141,13 +141,25 @@ class PrefConfig:
     beta: float = 0.1
     """DPO/IPO β (inverse temperature of the implicit reward)."""
     loss: str = "sigmoid"
-    """sigmoid (DPO) | ipo | robust (conservative DPO) | simpo."""
+    """sigmoid (DPO) | cdpo (conservative DPO) | ipo | simpo."""
     label_smoothing: float = 0.0
-    """Conservative DPO ε."""
+    """Conservative DPO ε: the probability a label is flipped (pref.loss = cdpo)."""
     epochs: int = 1
     """Passes over the preference or SFT data."""
     batch_size: int = 8
     """Pairs (or SFT rows) per optimizer step."""
+    simpo_gamma: float = 0.5
+    """SimPO target reward margin γ (in units of the β-scaled, length-normalised log-likelihood)."""
+    max_length: int = 512
+    """Longest prompt + response in tokens; longer pairs keep the prompt's end and the response's
+    start."""
+    precompute_ref_logprobs: bool = True
+    """DPO: score the whole dataset under the frozen reference once before training and free the
+    reference model (False keeps it and scores each batch)."""
+    reference_model: Optional[str] = None
+    """DPO reference weights (e.g. the SFT model); None = the initial policy."""
+    eval_fraction: float = 0.1
+    """Share of the training rows held out for evaluation when ``data.eval`` is unset."""
 
 
 @dataclass
