@@ -1,0 +1,129 @@
+"""Reward-model training with the Bradley–Terry loss (Ouyang et al. 2022, §3.5).
+
+Loop: pairs → (batch → micro-batches: score chosen and rejected → BT loss → backward) → clip →
+step → log; then pairwise accuracy on held-out pairs, the reference mean (held-out chosen
+responses) for reward normalisation, and ``final/`` saved as a transformers model.
+
+Deviation from InstructGPT: pairs are not grouped by prompt into K-choose-2 comparisons; each row
+is one pair (the format of TRL and the hub's preference sets).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+import rlvr
+from rlvr.learners import offline_common as oc
+from rlvr.pref_losses import bradley_terry_loss
+from rlvr.preference_data import PrefExample
+
+log = logging.getLogger(__name__)
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+@torch.no_grad()
+def evaluate_pairs(model, tokenizer, pairs: Sequence[PrefExample], micro_batch_size: int = 8) -> dict[str, Any]:
+    """Pairwise accuracy (chosen scored strictly higher), mean margin and loss; the scores of the
+    chosen responses come back too, as the reference set for normalisation."""
+    from rlvr.reward_model import score_ids
+
+    was_training = model.training
+    model.eval()
+    pad = _pad_id(tokenizer)
+    chosen, rejected = [], []
+    for chunk in oc.micro_chunks(list(range(len(pairs))), micro_batch_size):
+        chosen += score_ids(model, [pairs[i].chosen_seq()[0] for i in chunk], pad).tolist()
+        rejected += score_ids(model, [pairs[i].rejected_seq()[0] for i in chunk], pad).tolist()
+    model.train(was_training)
+    c, r = torch.tensor(chosen), torch.tensor(rejected)
+    return {"accuracy": float((c > r).float().mean()), "margin": float((c - r).mean()),
+            "loss": float(bradley_terry_loss(c, r).losses.mean()), "chosen_scores": chosen}
+
+
+def train_reward_model(model, tokenizer, pairs: Sequence[PrefExample], cfg, logger=None) -> dict[str, Any]:
+    """Bradley–Terry training in place; per-step loss, accuracy and margin go to ``logger``."""
+    from rlvr.reward_model import score_ids
+
+    pad = _pad_id(tokenizer)
+    n, bs = len(pairs), max(1, cfg.pref.batch_size)
+    opt, sched = oc.make_optimizer(model.parameters(), cfg.optim,
+                                   oc.planned_steps(n, bs, cfg.pref.epochs, cfg.run.steps))
+    model.train()
+    history: list[dict[str, float]] = []
+    for step, idx in enumerate(oc.batches(n, bs, epochs=cfg.pref.epochs, max_steps=cfg.run.steps,
+                                          seed=cfg.run.seed), start=1):
+        t0 = time.perf_counter()
+        loss_sum, correct, margin_sum = 0.0, 0.0, 0.0
+        for chunk in oc.micro_chunks(idx, cfg.optim.micro_batch_size):
+            # chosen and rejected in one forward: one padded batch of 2×len(chunk) sequences
+            seqs = [pairs[i].chosen_seq()[0] for i in chunk] + [pairs[i].rejected_seq()[0] for i in chunk]
+            scores = score_ids(model, seqs, pad)  # (2m,)
+            out = bradley_terry_loss(scores[: len(chunk)], scores[len(chunk):])
+            (out.losses.sum() / len(idx)).backward()  # mean over the optimizer batch, divided once
+            loss_sum += float(out.losses.detach().sum())
+            correct += float((out.chosen_rewards > out.rejected_rewards).sum())
+            margin_sum += float((out.chosen_rewards - out.rejected_rewards).sum())
+        grad_norm = oc.clip_and_step(model, opt, sched, cfg.optim.max_grad_norm)
+        m = {"train/loss": loss_sum / len(idx), "pref/accuracy": correct / len(idx),
+             "pref/margin": margin_sum / len(idx), "train/grad_norm": grad_norm,
+             "train/lr": sched.get_last_lr()[0], "time/step": time.perf_counter() - t0}
+        if not math.isfinite(m["train/loss"]):
+            raise FloatingPointError(f"reward-model loss is {m['train/loss']} at step {step}; lower optim.lr")
+        history.append(m)
+        oc.log_metrics(logger, step, m)
+    model.eval()
+    return {"steps": len(history), "loss_first": history[0]["train/loss"],
+            "loss_last": history[-1]["train/loss"], "accuracy_last": history[-1]["pref/accuracy"]}
+
+
+@rlvr.algorithm("rm")
+def run(cfg, output_dir: str | Path | None = None) -> dict[str, Any]:
+    """Bradley–Terry reward model on preference pairs; reports pairwise accuracy."""
+    from rlvr.models import pick_device
+    from rlvr.preference_data import load_preference_data
+    from rlvr.reward_model import build_reward_model, save_reward_model
+
+    oc.seed_everything(cfg.run.seed)
+    out = oc.prepare_run_dir(cfg, output_dir)
+    model, tokenizer = build_reward_model(cfg.model, pick_device(cfg.run.device))
+    pairs = load_preference_data(cfg.data.train, tokenizer, limit=cfg.data.limit,
+                                 max_length=cfg.pref.max_length, seed=cfg.run.seed)
+    if cfg.data.eval:
+        held = load_preference_data(cfg.data.eval, tokenizer, limit=cfg.data.limit,
+                                    max_length=cfg.pref.max_length, seed=cfg.run.seed + 1)
+    else:
+        pairs, held = oc.split_holdout(pairs, cfg.pref.eval_fraction, cfg.run.seed)
+    before = evaluate_pairs(model, tokenizer, held, cfg.optim.micro_batch_size)
+    logger = oc.open_logger(out, cfg, oc.planned_steps(len(pairs), max(1, cfg.pref.batch_size),
+                                                       cfg.pref.epochs, cfg.run.steps))
+    try:
+        stats = train_reward_model(model, tokenizer, pairs, cfg, logger)
+    finally:
+        oc.close_logger(logger)
+    after = evaluate_pairs(model, tokenizer, held, cfg.optim.micro_batch_size)
+    ref = after.pop("chosen_scores")
+    before.pop("chosen_scores")
+    meta = {"reference_mean": statistics.fmean(ref),
+            "reference_std": statistics.pstdev(ref) if len(ref) > 1 else 1.0,
+            "reference_set": f"{cfg.data.eval or cfg.data.train} (held-out chosen responses, n={len(ref)})",
+            "eval_accuracy": after["accuracy"]}
+    final = save_reward_model(model, tokenizer, out / "final", meta)
+    report = {"algorithm": "rm", "train_pairs": len(pairs), "eval_pairs": len(held),
+              "eval_accuracy_before": before["accuracy"], "eval_accuracy": after["accuracy"],
+              "eval_margin": after["margin"], "eval_loss": after["loss"],
+              "reference_mean": meta["reference_mean"], "model_dir": str(final),
+              **{f"train_{k}": v for k, v in stats.items()}}
+    oc.write_report(out, report)
+    log.info("rm: held-out pairwise accuracy %.3f → %.3f; saved to %s",
+             before["accuracy"], after["accuracy"], final)
+    return report

@@ -1,0 +1,122 @@
+"""Supervised fine-tuning on completion tokens only — the cold start of R1-style pipelines and the
+training step of rejection-sampling fine-tuning.
+
+The loss mask rule is the RL one: a token is trained exactly when ``loss_mask == 1`` (completions,
+assistant turns; never prompts, never tool observations). The loss is the token-mean negative
+log-likelihood over the whole optimizer batch: sums of every micro-batch are divided once by the
+batch's token count, so micro-batching does not change the gradient.
+
+Loop: data → (batch → micro-batches → backward) → clip → step → log → save.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+import rlvr
+from rlvr.batch import collate, token_logprobs
+from rlvr.learners import offline_common as oc
+from rlvr.pref_losses import masked_nll_sum
+from rlvr.types import Trajectory
+
+log = logging.getLogger(__name__)
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def nll_of(model, trajectories: Sequence[Trajectory], pad_id: int, micro_batch_size: int = 8) -> float:
+    """Token-mean NLL of the trained tokens (for evaluation), no gradient."""
+    total, count = 0.0, 0.0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for chunk in oc.micro_chunks(list(range(len(trajectories))), micro_batch_size):
+            mb = collate([trajectories[i] for i in chunk], pad_id).to(_device_of(model))
+            s, n = masked_nll_sum(token_logprobs(model, mb, 1.0, with_entropy=False)[0], mb.loss_mask)
+            total, count = total + float(s), count + float(n)
+    model.train(was_training)
+    return total / max(count, 1.0)
+
+
+def train_on_trajectories(model, tokenizer, trajectories: Sequence[Trajectory], cfg,
+                          logger=None) -> dict[str, Any]:
+    """Train ``model`` in place on trajectories' ``loss_mask == 1`` tokens.
+
+    ``pref.epochs`` passes in batches of ``pref.batch_size`` sequences (micro-batches of
+    ``optim.micro_batch_size``), capped at ``run.steps`` optimizer steps when that is > 0.
+    Returns ``{"steps", "loss_first", "loss_last", "tokens"}``.
+    """
+    trajectories = [t for t in trajectories if t.num_sampled > 0]
+    if not trajectories:
+        raise ValueError("SFT got no trajectory with a trained token (loss_mask all 0)")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    dev = _device_of(model)
+    n, bs = len(trajectories), max(1, cfg.pref.batch_size)
+    total = oc.planned_steps(n, bs, cfg.pref.epochs, cfg.run.steps)
+    opt, sched = oc.make_optimizer(model.parameters(), cfg.optim, total)
+    model.train()
+    losses: list[float] = []
+    tokens = 0
+    for step, idx in enumerate(oc.batches(n, bs, epochs=cfg.pref.epochs, max_steps=cfg.run.steps,
+                                          seed=cfg.run.seed), start=1):
+        t0 = time.perf_counter()
+        batch_tokens = sum(trajectories[i].num_sampled for i in idx)  # the one normaliser
+        loss_sum = 0.0
+        for chunk in oc.micro_chunks(idx, cfg.optim.micro_batch_size):
+            mb = collate([trajectories[i] for i in chunk], pad_id).to(dev)
+            s, _ = masked_nll_sum(token_logprobs(model, mb, 1.0, with_entropy=False)[0], mb.loss_mask)
+            (s / batch_tokens).backward()
+            loss_sum += float(s.detach())
+        grad_norm = oc.clip_and_step(model, opt, sched, cfg.optim.max_grad_norm)
+        loss = loss_sum / batch_tokens
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"SFT loss is {loss} at step {step}; lower optim.lr")
+        losses.append(loss)
+        tokens += batch_tokens
+        oc.log_metrics(logger, step, {"train/loss": loss, "train/grad_norm": grad_norm,
+                                      "train/tokens": batch_tokens, "train/lr": sched.get_last_lr()[0],
+                                      "time/step": time.perf_counter() - t0})
+    model.eval()
+    return {"steps": len(losses), "loss_first": losses[0], "loss_last": losses[-1], "tokens": tokens}
+
+
+@rlvr.algorithm("sft")
+def run(cfg, output_dir: str | Path | None = None) -> dict[str, Any]:
+    """Supervised fine-tuning on completion tokens (prompt/completion, messages or token rows)."""
+    from rlvr.models import load_policy, pick_device
+    from rlvr.preference_data import load_sft_data
+
+    oc.seed_everything(cfg.run.seed)
+    out = oc.prepare_run_dir(cfg, output_dir)
+    model, tokenizer = load_policy(cfg.model, pick_device(cfg.run.device))
+    train = load_sft_data(cfg.data.train, tokenizer, limit=cfg.data.limit,
+                          max_length=cfg.pref.max_length, seed=cfg.run.seed)
+    if cfg.data.eval:
+        held_out = load_sft_data(cfg.data.eval, tokenizer, limit=cfg.data.limit,
+                                 max_length=cfg.pref.max_length, seed=cfg.run.seed + 1)
+    else:
+        train, held_out = oc.split_holdout(train, cfg.pref.eval_fraction, cfg.run.seed)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eval_before = nll_of(model, held_out, pad_id, cfg.optim.micro_batch_size)
+    logger = oc.open_logger(out, cfg, oc.planned_steps(len(train), max(1, cfg.pref.batch_size),
+                                                       cfg.pref.epochs, cfg.run.steps))
+    try:
+        stats = train_on_trajectories(model, tokenizer, train, cfg, logger)
+    finally:
+        oc.close_logger(logger)
+    eval_after = nll_of(model, held_out, pad_id, cfg.optim.micro_batch_size)
+    final = oc.save_pretrained(model, tokenizer, out / "final")
+    report = {"algorithm": "sft", "train_rows": len(train), "eval_rows": len(held_out),
+              "eval_nll_before": eval_before, "eval_nll_after": eval_after,
+              "model_dir": str(final), **{f"train_{k}": v for k, v in stats.items()}}
+    oc.write_report(out, report)
+    log.info("sft: eval NLL %.3f → %.3f; model saved to %s", eval_before, eval_after, final)
+    return report
