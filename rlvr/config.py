@@ -132,6 +132,38 @@ class RLConfig:
     """Path of a trained reward model whose normalised score is added to the verifiers' reward."""
     reward_model_weight: float = 1.0
     """Weight of the reward model's score in the total reward."""
+    kl_target: Optional[float] = None
+    """Adaptive KL coefficient (Ziegler et al. 2019): the KL per token to steer towards; None keeps
+    ``kl_coef`` fixed."""
+    kl_horizon: int = 10000
+    """Adaptive KL horizon, in trajectories."""
+    loss_max_len: int = 0
+    """Constant token budget of ``seq-mean-token-sum-norm`` (Dr. GRPO); 0 = rollout.max_new_tokens ×
+    rollout.max_turns."""
+    baseline: str = "batch-mean"
+    """REINFORCE baseline: batch-mean | moving-average."""
+    baseline_decay: float = 0.9
+    """Decay of the moving-average baseline."""
+    gamma: float = 1.0
+    """PPO discount per sampled token (1 is the usual LLM setting)."""
+    lam: float = 0.95
+    """PPO GAE λ."""
+    vf_coef: float = 0.5
+    """PPO value-loss weight (critic loss = vf_coef × value loss)."""
+    value_clip: float = 0.2
+    """PPO value clipping range (0 = unclipped value loss)."""
+    critic: str = "separate"
+    """PPO critic: separate (a copy of the initial policy with a value head, own optimizer) | shared
+    (a value head on the policy's own body; one optimizer, policy + vf_coef × value loss)."""
+    critic_lr: float = 0.0
+    """Critic learning rate (0 = optim.lr)."""
+    whiten_rewards: bool = False
+    """PPO: whiten the per-token rewards over the batch before GAE."""
+    whiten_advantages: bool = True
+    """PPO: whiten advantages over the batch's trained tokens."""
+    no_eos_penalty: float = 0.0
+    """PPO: subtracted from the reward of a trajectory that ended without EOS or an environment's
+    done (truncated), e.g. 1.0."""
 
 
 @dataclass
