@@ -1,0 +1,80 @@
+"""``rlvr train [CONFIG] [--key value ...] [--output-dir DIR] [--resume] [--no-mask]``.
+
+With a CONFIG (a YAML file or a bundled config name, see ``rlvr list``) the settings are loaded
+over the typed defaults, ``--key value`` pairs override them, ``config.yaml`` is written to the run
+directory and the learner registered under ``algorithm`` runs. Without a CONFIG the embedded
+default job runs (``rlvr.pipeline.run_default``).
+
+Relative data paths in a config file (``data.train``, ``data.eval``) are read relative to the
+config file when they do not exist relative to the working directory, so bundled configs can ship
+their own small task files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a policy (GRPO, PPO, RLOO, REINFORCE, SFT, DPO, RM)",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("config", nargs="?", default=None,
+                   help="YAML config file or bundled config name; omit for the default job")
+    p.add_argument("--output-dir", default=None, help="run directory (overrides run.output_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--no-mask", action="store_true",
+                   help="ablation: train on observation tokens too (rl.mask_observations = false)")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    p.set_defaults(func=run, accepts_overrides=True)
+
+
+def _resolve_data_paths(cfg, config_path: Path) -> None:
+    from rlvr.data import BUNDLED_TASKS
+
+    for key in ("train", "eval"):
+        spec = getattr(cfg.data, key)
+        if not spec or spec in BUNDLED_TASKS or Path(spec).exists():
+            continue
+        beside = config_path.parent / spec
+        if beside.exists():
+            setattr(cfg.data, key, str(beside))
+
+
+def run(args) -> int:
+    overrides = list(getattr(args, "overrides", []) or [])
+    if args.config is None:
+        try:
+            from rlvr.pipeline import run_default
+        except ModuleNotFoundError as e:
+            if e.name != "rlvr.pipeline":
+                raise
+            print("rlvr train: the default job (rlvr.pipeline) is not part of this build; give a "
+                  "config, e.g. `rlvr train grpo_calculator` (see `rlvr list`)", file=sys.stderr)
+            return 2
+        return int(run_default(args.output_dir, overrides, args.no_mask) or 0)
+
+    from rlvr.config import dump_config, load_config, resolve_config_path
+    from rlvr.registry import ALGORITHMS
+
+    path = resolve_config_path(args.config)
+    if args.output_dir:
+        overrides += ["--run.output_dir", args.output_dir]
+    if args.resume:
+        overrides += ["--run.resume", "true"]
+    if args.no_mask:
+        overrides += ["--rl.mask_observations", "false"]
+    cfg = load_config(path, overrides)
+    _resolve_data_paths(cfg, path)
+    learner = ALGORITHMS.get(cfg.algorithm)
+    out = Path(cfg.run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not (cfg.run.resume and (out / "config.yaml").exists()):
+        dump_config(cfg, out / "config.yaml")
+    result = learner(cfg)
+    if isinstance(result, dict):
+        summary = result.get("eval") or {k: v for k, v in (result.get("final") or {}).items()
+                                         if k.startswith("reward/")}
+        print(json.dumps({"output_dir": str(out), **summary}, default=str))
+    return 0

@@ -1,0 +1,385 @@
+"""Orchestration shared by the on-policy learners (GRPO, PPO, RLOO, REINFORCE).
+
+The math lives in :mod:`rlvr.advantages` and :mod:`rlvr.losses`; this module holds the plumbing a
+learner file would otherwise repeat: building the policy, reference model, optimizer and schedule;
+streaming prompts; rollouts; the one place the training mask is decided; the mini-batch / micro-batch
+policy update with its single normalisation; evaluation, logging and checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from rlvr.batch import Batch, collate, token_logprobs
+from rlvr.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlvr.config import TrainConfig, dump_config
+from rlvr.losses import aggregate, clipped_policy_loss, kl_estimator, kl_k3, reinforce_policy_loss
+from rlvr.metrics import MetricsLogger, rollout_metrics
+from rlvr.types import Task, Trajectory
+
+log = logging.getLogger(__name__)
+
+
+class PromptStream:
+    """Prompts in epochs, reshuffled each epoch with a seed; ``position`` is the checkpointed state."""
+
+    def __init__(self, tasks: list[Task], seed: int, shuffle: bool = True, position: int = 0) -> None:
+        if not tasks:
+            raise ValueError("no training tasks (check data.train and data.limit)")
+        self.tasks, self.seed, self.shuffle, self.position = tasks, seed, shuffle, position
+
+    def _order(self, epoch: int) -> list[int]:
+        idx = list(range(len(self.tasks)))
+        if self.shuffle:
+            random.Random(self.seed * 7919 + epoch).shuffle(idx)
+        return idx
+
+    def next(self, n: int) -> list[Task]:
+        out = []
+        for _ in range(n):
+            epoch, i = divmod(self.position, len(self.tasks))
+            out.append(self.tasks[self._order(epoch)[i]])
+            self.position += 1
+        return out
+
+
+@dataclass
+class Session:
+    """Everything a learner's loop touches."""
+
+    cfg: TrainConfig
+    model: Any
+    tokenizer: Any
+    ref_model: Any  # a frozen copy, the string "adapter-disabled" (LoRA), or None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    engine: Any
+    env_factory: Callable
+    prompts: PromptStream
+    eval_tasks: list[Task] | None
+    logger: MetricsLogger
+    out_dir: Path
+    device: str
+    start_step: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # learner state saved in checkpoints
+    own_logger: bool = True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def total_optimizer_steps(cfg: TrainConfig) -> int:
+    return cfg.run.steps * cfg.rl.epochs_per_batch * cfg.rl.mini_batches_per_epoch
+
+
+def make_scheduler(optimizer, cfg: TrainConfig, total: int):
+    """Linear warm-up for ``optim.warmup_steps``, then constant, linear or cosine decay to 0."""
+    warm, kind = cfg.optim.warmup_steps, cfg.optim.schedule
+    if kind not in ("constant", "linear", "cosine"):
+        raise ValueError(f"optim.schedule {kind!r} is not constant, linear or cosine")
+
+    def factor(i: int) -> float:
+        if i < warm:
+            return (i + 1) / warm
+        if kind == "constant":
+            return 1.0
+        frac = min(1.0, (i - warm) / max(1, total - warm))
+        return 1.0 - frac if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _apply_lora(model, rank: int):
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ValueError("model.lora_rank > 0 needs peft: pip install 'rlvr[lora]'") from None
+    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear",
+                                            lora_dropout=0.0, task_type="CAUSAL_LM"))
+
+
+def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None, *,
+          needs_ref: bool = False, extra_params: list | None = None) -> Session:
+    """Build (or take) the policy, reference, optimizer, schedule, engine, prompts and logger;
+    restore the newest checkpoint when ``run.resume``."""
+    from rlvr.data import load_tasks
+    from rlvr.hf_engine import HFEngine
+    from rlvr.models import load_policy, pick_device
+    from rlvr.rollout import make_env_factory
+
+    seed_everything(cfg.run.seed)
+    device = pick_device(cfg.run.device)
+    if model is None or tokenizer is None:
+        model, tokenizer = load_policy(cfg.model, device)
+    model.to(device)
+    if cfg.model.lora_rank > 0 and not hasattr(model, "disable_adapter"):
+        model = _apply_lora(model, cfg.model.lora_rank)
+    ref_model = None
+    if needs_ref:  # LoRA: the adapter-disabled base is the reference, no copy kept
+        if hasattr(model, "disable_adapter"):
+            ref_model = "adapter-disabled"
+        else:
+            ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params or [])
+    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg, total_optimizer_steps(cfg))
+    if cfg.rollout.engine != "hf":
+        raise ValueError(f"rollout.engine {cfg.rollout.engine!r}: the on-policy learners run the hf "
+                         f"engine in-process")
+    engine = HFEngine(model, tokenizer, device=device)
+    tasks = tasks if tasks is not None else load_tasks(cfg.data.train, cfg.data.limit, cfg.run.seed)
+    eval_tasks = load_tasks(cfg.data.eval, cfg.data.limit, cfg.run.seed + 1) if cfg.data.eval else None
+    out_dir = Path(cfg.run.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not (out_dir / "config.yaml").exists() or not cfg.run.resume:
+        dump_config(cfg, out_dir / "config.yaml")
+    s = Session(cfg, model, tokenizer, ref_model, optimizer, scheduler, engine,
+                make_env_factory(cfg.env), PromptStream(tasks, cfg.run.seed, cfg.data.shuffle),
+                eval_tasks, logger, out_dir, device, own_logger=logger is None)
+    ckpt = latest_checkpoint(out_dir) if cfg.run.resume else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
+        s.start_step, s.extra = state["step"], state["extra"]
+        s.prompts.position = s.extra.get("data_position", 0)
+        log.info("resumed from %s (step %d)", ckpt, s.start_step)
+    if s.logger is None:
+        s.logger = MetricsLogger(out_dir, total_steps=cfg.run.steps, progress=cfg.run.progress,
+                                 tensorboard=cfg.run.log_tensorboard,
+                                 resume_step=s.start_step if cfg.run.resume else None)
+    return s
+
+
+def rollout(s: Session, step: int) -> tuple[list[Trajectory], dict[str, float]]:
+    """Collect one rollout batch (``prompts_per_step`` × ``samples_per_prompt``), then add
+    reward-model rewards. Returns the trajectories (grouped) and phase timings."""
+    from rlvr.rewards import add_model_rewards
+    from rlvr.rollout import collect
+
+    cfg = s.cfg
+    t0 = time.perf_counter()
+    tasks = s.prompts.next(cfg.rl.prompts_per_step)
+    trajs = collect(s.engine, s.tokenizer, s.env_factory, tasks,
+                    samples_per_prompt=cfg.rollout.samples_per_prompt, cfg=cfg.rollout,
+                    seed=cfg.run.seed * 100_003 + step)
+    t1 = time.perf_counter()
+    dec = s.tokenizer.decode
+    add_model_rewards(trajs, [dec(t.token_ids[:t.prompt_len]) for t in trajs],
+                      [dec(t.completion_ids) for t in trajs], cfg)
+    t2 = time.perf_counter()
+    sampled = sum(t.num_sampled for t in trajs)
+    return trajs, {"time/rollout": t1 - t0, "time/reward": t2 - t1,
+                   "time/rollout_tokens_per_s": sampled / max(t1 - t0, 1e-9)}
+
+
+def train_mask(batch: Batch, mask_observations: bool) -> torch.Tensor:
+    """THE training mask (B, T). Default: the trajectories' ``loss_mask`` (sampled tokens only).
+    ``rl.mask_observations = False`` (the ``--no-mask`` ablation): every non-prompt, non-padding
+    token, observations included."""
+    if mask_observations:
+        return batch.loss_mask
+    pos = torch.arange(batch.input_ids.shape[1])[None, :]  # (1, T)
+    return ((pos >= batch.prompt_lens[:, None]) & (batch.attention_mask > 0)).float()
+
+
+def policy_temperature(cfg: TrainConfig) -> float:
+    return cfg.rollout.temperature if cfg.rollout.temperature > 0 else 1.0
+
+
+@torch.no_grad()
+def forward_logprobs(s: Session, batch: Batch, *, reference: bool = False) -> torch.Tensor:
+    """(B, T) logprobs of the batch under the policy (or the reference), no grad, micro-batched."""
+    model = s.model if (not reference or s.ref_model == "adapter-disabled") else s.ref_model
+    ctx = s.model.disable_adapter() if reference and s.ref_model == "adapter-disabled" else nullcontext()
+    was = model.training
+    model.eval()
+    out = []
+    with ctx:
+        for mb in batch.split(s.cfg.optim.micro_batch_size):
+            lp, _ = token_logprobs(model, mb.to(s.device), policy_temperature(s.cfg), with_entropy=False)
+            out.append(torch.nn.functional.pad(lp.cpu(), (0, batch.input_ids.shape[1] - lp.shape[1])))
+    model.train(was)
+    return torch.cat(out)
+
+
+def prepare_batch(s: Session, trajs: list[Trajectory], advantages: torch.Tensor | None = None) -> Batch:
+    """Collate, apply the training mask, fill missing behaviour logprobs, add reference logprobs.
+
+    ``advantages``: (B,) per trajectory (broadcast over the training mask) or (B, T) per token.
+    Observation tokens have no behaviour logprob (the engine never sampled them); under
+    ``--no-mask`` their old logprobs come from a no-grad forward pass of the current policy,
+    before any update, so the PPO ratio starts at 1 on them.
+    """
+    batch = collate(trajs, s.tokenizer.pad_token_id)
+    sampled = batch.loss_mask
+    batch.loss_mask = train_mask(batch, s.cfg.rl.mask_observations)
+    if not s.cfg.rl.mask_observations:
+        recomputed = forward_logprobs(s, batch)
+        batch.logprobs = torch.where(sampled > 0, batch.logprobs, recomputed) * batch.loss_mask
+    if advantages is not None:
+        adv = advantages.float()
+        batch.advantages = (adv[:, None] if adv.dim() == 1 else adv) * batch.loss_mask
+    if s.ref_model is not None:
+        batch.ref_logprobs = forward_logprobs(s, batch, reference=True) * batch.loss_mask
+    return batch
+
+
+def loss_max_len(cfg: TrainConfig) -> int:
+    return cfg.rl.loss_max_len or cfg.rollout.max_new_tokens * cfg.rollout.max_turns
+
+
+def mini_batches(batch: Batch, n: int, seed: int) -> list[Batch]:
+    """Shuffle rows (seeded) and split into ``n`` near-equal mini-batches."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(batch), generator=g)
+    return [batch.select(idx) for idx in torch.tensor_split(perm, min(n, len(batch))) if len(idx)]
+
+
+def policy_loss_terms(s: Session, mb: Batch, *, clipped: bool, kl_coef: float
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token loss (B, T) of the policy on one micro-batch, and per-token diagnostics."""
+    cfg = s.cfg
+    lp, ent = token_logprobs(s.model, mb, policy_temperature(cfg), with_entropy=True)
+    if clipped:
+        per_token, was_clipped = clipped_policy_loss(lp, mb.logprobs, mb.advantages,
+                                                     cfg.rl.clip_low, cfg.rl.clip_high)
+    else:
+        per_token, was_clipped = reinforce_policy_loss(lp, mb.advantages), torch.zeros_like(lp, dtype=torch.bool)
+    diag = {"approx_kl": kl_k3(lp.detach(), mb.logprobs), "clip_frac": was_clipped.float(),
+            "entropy": ent.detach()}
+    if mb.ref_logprobs is not None:
+        kl = kl_estimator(cfg.rl.kl_estimator)(lp, mb.ref_logprobs)
+        diag["kl"] = kl.detach()
+        if kl_coef > 0 and not cfg.rl.kl_in_reward:  # GRPO-style β-weighted KL loss term
+            per_token = per_token + kl_coef * kl
+    if cfg.rl.entropy_coef:
+        per_token = per_token - cfg.rl.entropy_coef * ent
+    return per_token, diag
+
+
+def update_policy(s: Session, batch: Batch, *, clipped: bool = True, kl_coef: float = 0.0,
+                  epochs: int | None = None, mini_batches_per_epoch: int | None = None,
+                  step: int = 0, extra_loss: Callable | None = None) -> dict[str, float]:
+    """Epochs × mini-batches of optimizer steps on one rollout batch; micro-batches accumulate.
+
+    Normalisation happens here, once: the mini-batch's sequence and token counts are passed to
+    :func:`rlvr.losses.aggregate` for every micro-batch, so the accumulated gradient equals the
+    gradient of the whole mini-batch's loss. ``extra_loss(mb, norm)`` adds a (scalar) loss on the
+    same micro-batch (PPO's shared value head).
+    """
+    cfg = s.cfg
+    epochs = cfg.rl.epochs_per_batch if epochs is None else epochs
+    n_mini = cfg.rl.mini_batches_per_epoch if mini_batches_per_epoch is None else mini_batches_per_epoch
+    sums: dict[str, float] = {}
+    counts = {"tokens": 0.0}
+    losses, grad_norms, opt_steps = [], [], 0
+    s.model.train()
+    params = [p for g in s.optimizer.param_groups for p in g["params"]]
+    for epoch in range(epochs):
+        for mini in mini_batches(batch, n_mini, seed=cfg.run.seed * 1_000_003 + step * 101 + epoch):
+            norm = dict(num_seqs=len(mini), num_tokens=mini.num_tokens, max_len=loss_max_len(cfg))
+            s.optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for mb in mini.split(cfg.optim.micro_batch_size):
+                mb = mb.to(s.device)
+                per_token, diag = policy_loss_terms(s, mb, clipped=clipped, kl_coef=kl_coef)
+                loss = aggregate(per_token, mb.loss_mask, cfg.rl.loss_agg, **norm)
+                if extra_loss is not None:
+                    loss = loss + extra_loss(mb, norm)
+                loss.backward()
+                total += loss.item()
+                m = mb.loss_mask
+                counts["tokens"] += m.sum().item()
+                for k, v in diag.items():
+                    sums[k] = sums.get(k, 0.0) + (v * m).sum().item()
+            gn = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))
+            s.optimizer.step()
+            s.scheduler.step()
+            opt_steps += 1
+            losses.append(total)
+            grad_norms.append(float(gn))
+    n = max(counts["tokens"], 1.0)
+    out = {f"train/{k}": v / n for k, v in sums.items()}
+    out.update({"train/loss": float(np.mean(losses)) if losses else 0.0,
+                "train/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
+                "train/optimizer_steps": opt_steps, "train/lr": s.scheduler.get_last_lr()[0],
+                "train/tokens": counts["tokens"] / max(epochs, 1)})
+    return out
+
+
+def _call_eval(eval_fn: Callable, s: Session, step: int) -> dict:
+    params = inspect.signature(eval_fn).parameters
+    if len(params) >= 3 or "step" in params:
+        return eval_fn(s.model, s.tokenizer, step) or {}
+    return eval_fn(s.model, s.tokenizer) or {}
+
+
+def evaluate(s: Session, step: int, eval_fn: Callable | None) -> dict[str, float]:
+    """The caller's held-out evaluation, or greedy rollouts on ``data.eval``; keys get ``eval/``."""
+    if eval_fn is not None:
+        res = _call_eval(eval_fn, s, step)
+    elif s.eval_tasks:
+        from rlvr.rollout import collect
+
+        trajs = collect(s.engine, s.tokenizer, s.env_factory, s.eval_tasks, samples_per_prompt=1,
+                        cfg=s.cfg.rollout, greedy=True)
+        res = {k.split("/")[-1]: v for k, v in rollout_metrics(trajs, 1).items()
+               if k in ("reward/mean", "reward/accuracy", "rollout/response_len", "rollout/tool_calls")}
+    else:
+        return {}
+    return {(k if k.startswith("eval/") else f"eval/{k}"): v for k, v in res.items()
+            if isinstance(v, (int, float))}
+
+
+def log_and_checkpoint(s: Session, step: int, metrics: dict, eval_fn: Callable | None) -> None:
+    """Log one step (with evaluation when due) and save a checkpoint when due."""
+    cfg = s.cfg
+    last = step == cfg.run.steps
+    if (cfg.run.eval_every and step % cfg.run.eval_every == 0) or (last and (eval_fn or s.eval_tasks)):
+        t0 = time.perf_counter()
+        metrics.update(evaluate(s, step, eval_fn))
+        metrics["time/eval"] = time.perf_counter() - t0
+    s.logger.log(step, metrics)
+    s.extra["data_position"] = s.prompts.position
+    if last or (cfg.run.save_every and step % cfg.run.save_every == 0):
+        save_checkpoint(s.out_dir, step, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler,
+                        tokenizer=s.tokenizer, extra=s.extra)
+
+
+def finish(s: Session, history: list[dict]) -> dict:
+    """Close the logger, write ``report.json`` and plots; return the final metrics."""
+    final = history[-1] if history else {}
+    report = {"algorithm": s.cfg.algorithm, "steps": s.cfg.run.steps, "final": final,
+              "eval": {k: v for k, v in final.items() if k.startswith("eval/")}}
+    (s.out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    if s.own_logger:
+        s.logger.close()
+    try:
+        from rlvr.metrics import plot_metrics
+
+        plot_metrics(s.logger.path, s.out_dir / "metrics.png")
+    except Exception as e:  # a plot must never fail a finished run
+        log.warning("plotting failed: %s", e)
+    return report
+
+
+def step_metrics(trajs: list[Trajectory], cfg: TrainConfig, times: dict, t_step: float) -> dict:
+    out = rollout_metrics(trajs, cfg.rollout.samples_per_prompt)
+    out.update(times)
+    out["time/step"] = time.perf_counter() - t_step
+    return out

@@ -1,0 +1,141 @@
+"""Training metrics: ``metrics.jsonl`` (one JSON object per step), a progress bar, TensorBoard.
+
+Each line of ``metrics.jsonl`` is ``{"step": k, ...}`` with flat keys grouped by prefix:
+``reward/...`` (mean, std, per verifier part, accuracy), ``rollout/...`` (response length, turns and
+tool calls per trajectory, truncation, zero-variance group share), ``train/...`` (loss, KL to the
+reference, entropy, clip fraction, approx-KL to the behaviour policy, grad norm, optimizer steps,
+learning rate), ``time/...`` (seconds per phase, tokens per second) and ``eval/...``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from rlvr.types import Trajectory
+
+#: Shown on the progress bar when present.
+BAR_KEYS = ("reward/mean", "train/kl", "train/entropy", "rollout/response_len", "time/step")
+
+
+class MetricsLogger:
+    """Appends one JSON object per step to ``<output_dir>/metrics.jsonl``.
+
+    ``resume_step``: when continuing a run from a checkpoint at that step, lines for later steps
+    (logged by the killed run after its last checkpoint) are dropped so the file reads as if the
+    run had never stopped.
+    """
+
+    def __init__(self, output_dir: str | Path, *, total_steps: int | None = None, progress: bool = True,
+                 tensorboard: bool = False, resume_step: int | None = None) -> None:
+        self.dir = Path(output_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "metrics.jsonl"
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
+            keep = [ln for ln in self.path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            self.path.write_text("".join(ln + "\n" for ln in keep))
+        self._bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=resume_step or 0, desc="train", dynamic_ncols=True)
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.dir / "tensorboard"))
+            except ImportError:  # optional: the jsonl file is the record
+                import logging
+
+                logging.getLogger(__name__).warning("TensorBoard is not installed; logging to jsonl only")
+
+    def log(self, step: int, metrics: dict) -> None:
+        row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+        if self._bar is not None:
+            self._bar.set_postfix({k.split("/")[-1]: f"{row[k]:.3g}" for k in BAR_KEYS
+                                   if isinstance(row.get(k), (int, float))}, refresh=False)
+            if step > self._bar.n:
+                self._bar.update(step - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _plain(v):
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN / inf
+    return v
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+
+
+def rollout_metrics(trajectories: Sequence[Trajectory], samples_per_prompt: int) -> dict[str, float]:
+    """Reward, length, turn and tool-call statistics of one rollout batch."""
+    n = max(len(trajectories), 1)
+    rewards = [t.reward for t in trajectories]
+    mean = sum(rewards) / n
+    out = {"reward/mean": mean,
+           "reward/std": math.sqrt(sum((r - mean) ** 2 for r in rewards) / n)}
+    judged = [t.correct for t in trajectories if t.correct is not None]
+    if judged:
+        out["reward/accuracy"] = sum(judged) / len(judged)
+    for part in sorted({k for t in trajectories for k in t.reward_parts}):
+        out[f"reward/{part}"] = sum(t.reward_parts.get(part, 0.0) for t in trajectories) / n
+    out["rollout/response_len"] = sum(t.num_sampled for t in trajectories) / n
+    out["rollout/total_len"] = sum(len(t) for t in trajectories) / n
+    out["rollout/turns"] = sum(len(t.turns) for t in trajectories) / n
+    out["rollout/tool_calls"] = sum(len(t.tool_calls) for t in trajectories) / n
+    out["rollout/invalid_tool_calls"] = sum(sum(not c.valid for c in t.tool_calls) for t in trajectories) / n
+    out["rollout/truncated"] = sum(t.truncated for t in trajectories) / n
+    out["rollout/errors"] = sum(t.error is not None for t in trajectories) / n
+    out["rollout/eos"] = sum(t.finish_reason in ("eos", "done") for t in trajectories) / n
+    G = samples_per_prompt
+    groups = [rewards[i:i + G] for i in range(0, len(rewards), G)]
+    if G > 1 and groups:
+        out["rollout/zero_variance_groups"] = sum(max(g) == min(g) for g in groups) / len(groups)
+    return out
+
+
+def plot_metrics(metrics_jsonl: str | Path, out_png: str | Path, keys: Iterable[str] | None = None) -> Path:
+    """One panel per key against step (default: reward, KL, entropy, response length)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_jsonl)
+    keys = list(keys or ("reward/mean", "train/kl", "train/entropy", "rollout/response_len"))
+    keys = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in rows)] or keys[:1]
+    fig, axes = plt.subplots(len(keys), 1, figsize=(6, 2.2 * len(keys)), squeeze=False)
+    for ax, k in zip(axes[:, 0], keys):
+        pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
+        if pts:
+            ax.plot(*zip(*pts), marker=".")
+        ax.set_ylabel(k)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
