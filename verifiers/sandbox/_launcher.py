@@ -181,12 +181,17 @@ def run_program(path, site_packages):
     except SystemExit as e:
         status = exit_status(e.code)
     except BaseException as e:  # print as the interpreter would, without the launcher's frame
-        import traceback
+        if isinstance(e, MemoryError):
+            main.__dict__.clear()  # release what the program held so the report can be printed
+        try:
+            import traceback
 
-        tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
-        if isinstance(e, SyntaxError):
-            tb = None
-        traceback.print_exception(type(e), e, tb)
+            tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
+            if isinstance(e, SyntaxError):
+                tb = None
+            traceback.print_exception(type(e), e, tb)
+        except BaseException:
+            os.write(2, f"{type(e).__name__}\n".encode())
         status = 1
     finish(status)
 
@@ -313,6 +318,9 @@ def serve(sock_fd):
     """
     import signal
     import socket
+
+    import resource  # noqa: F401  (imported once here rather than in every run)
+    import traceback  # noqa: F401
 
     libc().prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # launchers are reaped by the kernel

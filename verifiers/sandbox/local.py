@@ -169,7 +169,7 @@ class LocalBackend:
             return bwrap.run(self, scratch, lim, limits, timeout_s, t0)
         cfg = {"scratch": scratch, "program": prog_path, "stdin": stdin_path,
                "limits": lim, "namespaces": self.isolation == "auto", "tmpfs_mb": limits.tmpfs_mb,
-               "uid_base": self.uid_base if self.isolation == "auto" else None,
+               "uid_base": self.uid_base,
                "root_dir": os.path.join(scratch, "root"), "binds": self.binds,
                "site_packages": self.site_packages}
         os.mkdir(cfg["root_dir"])
