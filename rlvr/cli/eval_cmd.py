@@ -94,9 +94,15 @@ def run(args) -> int:
 
     datasets = load_qa_many(args.data, limit=args.limit, split=args.split, data_dir=args.data_dir)
     env_factory = make_env_factory(EnvConfig(name=args.env, settings=settings))
-    model, tokenizer = load_policy(ModelConfig(name_or_path=args.model, dtype=args.dtype),
-                                   pick_device(args.device))
-    model_path = resolve_model_path(args.model)[0] if args.engine == "vllm" else None
+    if args.engine == "vllm":  # vLLM holds the weights itself: only the tokenizer is loaded here
+        from transformers import AutoTokenizer
+
+        model_path = resolve_model_path(args.model)[0]
+        model, tokenizer = None, AutoTokenizer.from_pretrained(model_path)
+    else:
+        model_path = None
+        model, tokenizer = load_policy(ModelConfig(name_or_path=args.model, dtype=args.dtype),
+                                       pick_device(args.device))
     engine = make_engine(args.engine, model, tokenizer, model_path=model_path)
     result = evaluate(model, tokenizer, datasets, env_factory, cfg=cfg, batch_size=args.batch_size,
                       predictions_path=predictions, progress=not args.no_progress, engine=engine)
