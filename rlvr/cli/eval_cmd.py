@@ -103,6 +103,11 @@ def run(args) -> int:
         model_path = None
         model, tokenizer = load_policy(ModelConfig(name_or_path=args.model, dtype=args.dtype),
                                        pick_device(args.device))
+    if hasattr(env_cls, "chat") and not getattr(tokenizer, "chat_template", None):
+        # a base model: the template goes in as plain text, as Search-R1 does for base models
+        print(f"{args.model} has no chat template: prompts are sent as plain text", file=sys.stderr)
+        settings["chat"] = False
+        env_factory = make_env_factory(EnvConfig(name=args.env, settings=settings))
     engine = make_engine(args.engine, model, tokenizer, model_path=model_path)
     result = evaluate(model, tokenizer, datasets, env_factory, cfg=cfg, batch_size=args.batch_size,
                       predictions_path=predictions, progress=not args.no_progress, engine=engine)
