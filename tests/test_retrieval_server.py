@@ -178,3 +178,16 @@ def test_client_connection_refused(scripted):
     with RetrievalClient(url, retries=1, backoff_s=0.01, timeout_s=2) as client:
         with pytest.raises(RetrievalError, match="connection failed"):
             client.search(["q"], 3)
+
+
+def test_listening_socket_disables_nagle():
+    # keep-alive requests would otherwise stall ~40 ms each (Nagle vs delayed ACK)
+    import socket
+
+    from rlvr.retrieval.server import _bind
+
+    sock = _bind("127.0.0.1", 0)
+    try:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        sock.close()
