@@ -204,6 +204,8 @@ def run(cfg, output_dir: str | Path | None = None) -> dict[str, Any]:
               **{f"eval_{k}_before": v for k, v in before.items()},
               **{f"eval_{k}": v for k, v in after.items()},
               **{f"train_{k}": v for k, v in stats.items()}}
+    report["eval"] = {"eval/margin_before": before["margin"], "eval/margin": after["margin"],
+                          "eval/accuracy_before": before["accuracy"], "eval/accuracy": after["accuracy"]}  # what `rlvr train` prints
     oc.write_report(out, report)
     log.info("dpo (%s): held-out margin %.4f → %.4f, accuracy %.3f → %.3f", cfg.pref.loss,
              before["margin"], after["margin"], before["accuracy"], after["accuracy"])

@@ -123,6 +123,8 @@ def run(cfg, output_dir: str | Path | None = None) -> dict[str, Any]:
               "eval_margin": after["margin"], "eval_loss": after["loss"],
               "reference_mean": meta["reference_mean"], "model_dir": str(final),
               **{f"train_{k}": v for k, v in stats.items()}}
+    report["eval"] = {"eval/accuracy_before": before["accuracy"], "eval/accuracy": after["accuracy"],
+                          "eval/margin": after["margin"]}  # what `rlvr train` prints
     oc.write_report(out, report)
     log.info("rm: held-out pairwise accuracy %.3f → %.3f; saved to %s",
              before["accuracy"], after["accuracy"], final)

@@ -46,6 +46,23 @@ def nll_of(model, trajectories: Sequence[Trajectory], pad_id: int, micro_batch_s
     return total / max(count, 1.0)
 
 
+def accumulate_gradients(model, batch: Sequence[Trajectory], pad_id: int, micro_batch_size: int) -> float:
+    """Backward the token-mean NLL of one optimizer batch through micro-batches; returns the loss.
+
+    Each micro-batch's summed NLL is divided by the token count of the whole batch — the one
+    normaliser — so the accumulated gradient does not depend on ``micro_batch_size``.
+    """
+    dev = _device_of(model)
+    batch_tokens = sum(t.num_sampled for t in batch)
+    loss_sum = 0.0
+    for chunk in oc.micro_chunks(list(range(len(batch))), micro_batch_size):
+        mb = collate([batch[i] for i in chunk], pad_id).to(dev)
+        s, _ = masked_nll_sum(token_logprobs(model, mb, 1.0, with_entropy=False)[0], mb.loss_mask)
+        (s / batch_tokens).backward()
+        loss_sum += float(s.detach())
+    return loss_sum / batch_tokens
+
+
 def train_on_trajectories(model, tokenizer, trajectories: Sequence[Trajectory], cfg,
                           logger=None) -> dict[str, Any]:
     """Train ``model`` in place on trajectories' ``loss_mask == 1`` tokens.
@@ -58,7 +75,6 @@ def train_on_trajectories(model, tokenizer, trajectories: Sequence[Trajectory], 
     if not trajectories:
         raise ValueError("SFT got no trajectory with a trained token (loss_mask all 0)")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    dev = _device_of(model)
     n, bs = len(trajectories), max(1, cfg.pref.batch_size)
     total = oc.planned_steps(n, bs, cfg.pref.epochs, cfg.run.steps)
     opt, sched = oc.make_optimizer(model.parameters(), cfg.optim, total)
@@ -68,15 +84,10 @@ def train_on_trajectories(model, tokenizer, trajectories: Sequence[Trajectory], 
     for step, idx in enumerate(oc.batches(n, bs, epochs=cfg.pref.epochs, max_steps=cfg.run.steps,
                                           seed=cfg.run.seed), start=1):
         t0 = time.perf_counter()
-        batch_tokens = sum(trajectories[i].num_sampled for i in idx)  # the one normaliser
-        loss_sum = 0.0
-        for chunk in oc.micro_chunks(idx, cfg.optim.micro_batch_size):
-            mb = collate([trajectories[i] for i in chunk], pad_id).to(dev)
-            s, _ = masked_nll_sum(token_logprobs(model, mb, 1.0, with_entropy=False)[0], mb.loss_mask)
-            (s / batch_tokens).backward()
-            loss_sum += float(s.detach())
+        batch = [trajectories[i] for i in idx]
+        loss = accumulate_gradients(model, batch, pad_id, cfg.optim.micro_batch_size)
+        batch_tokens = sum(t.num_sampled for t in batch)
         grad_norm = oc.clip_and_step(model, opt, sched, cfg.optim.max_grad_norm)
-        loss = loss_sum / batch_tokens
         if not math.isfinite(loss):
             raise FloatingPointError(f"SFT loss is {loss} at step {step}; lower optim.lr")
         losses.append(loss)
@@ -117,6 +128,7 @@ def run(cfg, output_dir: str | Path | None = None) -> dict[str, Any]:
     report = {"algorithm": "sft", "train_rows": len(train), "eval_rows": len(held_out),
               "eval_nll_before": eval_before, "eval_nll_after": eval_after,
               "model_dir": str(final), **{f"train_{k}": v for k, v in stats.items()}}
+    report["eval"] = {"eval/nll_before": eval_before, "eval/nll": eval_after}  # what `rlvr train` prints
     oc.write_report(out, report)
     log.info("sft: eval NLL %.3f → %.3f; model saved to %s", eval_before, eval_after, final)
     return report
