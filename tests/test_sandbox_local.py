@@ -1,0 +1,152 @@
+"""The local backend's interface: statuses, stdin/stdout, limits, pool, check and degradation."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+import pytest
+
+from rlvr.verifiers.sandbox import STATUSES, Job, Limits, SandboxPool, SandboxUnavailable, make_backend
+from rlvr.verifiers.sandbox import local as local_mod
+from rlvr.verifiers.sandbox.local import LocalBackend
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="local sandbox is Linux-only")
+
+
+@pytest.fixture(scope="module")
+def sbx():
+    b = LocalBackend()
+    yield b
+    b.close()
+
+
+def test_stdin_stdout_and_result_fields(sbx):
+    r = sbx.run("s = input()\nprint(s[::-1])\nimport sys; print('err', file=sys.stderr)", stdin="abc\n")
+    assert (r.status, r.exit_code, r.stdout, r.stderr) == ("ok", 0, "cba\n", "err\n")
+    assert r.duration_s > 0 and r.status in STATUSES
+    d = r.to_dict()
+    assert set(d) >= {"status", "exit_code", "stdout", "stderr", "duration_s"}
+
+
+def test_exit_codes_and_errors(sbx):
+    assert sbx.run("import sys; sys.exit(3)").exit_code == 3
+    assert sbx.run("raise SystemExit('bye')").stderr == "bye\n"
+    r = sbx.run("def f():\n    raise KeyError('k')\nf()")
+    assert r.status == "error" and r.exit_code == 1
+    # the traceback names the program's file and lines, not the launcher's
+    assert 'File "/sandbox/main.py", line 3' in r.stderr and "_launcher" not in r.stderr
+    assert r.stderr.strip().endswith("KeyError: 'k'")
+
+
+def test_syntax_error_reported(sbx):
+    r = sbx.run("def f(:\n    pass")
+    assert r.status == "error" and "SyntaxError" in r.stderr
+
+
+def test_signal_death_is_killed(sbx):
+    # a segmentation fault (reading address 0) ends the program by SIGSEGV = 11
+    r = sbx.run("import ctypes\nctypes.string_at(0)")
+    assert r.status == "killed" and r.signal == 11
+
+
+def test_cpu_limit_counts_as_timeout(sbx):
+    r = sbx.run("while True: pass", timeout_s=10, limits=Limits(cpu_s=1))
+    assert r.status == "timeout" and r.duration_s < 5
+
+
+def test_atexit_and_threads_run_as_at_normal_exit(sbx):
+    prog = ("import atexit, threading, time\natexit.register(lambda: print('atexit'))\n"
+            "t = threading.Thread(target=lambda: (time.sleep(0.1), print('thread')))\nt.start()\n"
+            "print('main')")
+    assert sbx.run(prog).stdout == "main\nthread\natexit\n"
+
+
+def test_unicode_and_large_stdin(sbx):
+    data = "é✓\n" * 50000  # 300 kB in, echoed back
+    r = sbx.run("import sys\nsys.stdout.write(sys.stdin.read())", stdin=data, timeout_s=10)
+    assert r.status == "ok" and r.stdout == data
+
+
+def test_output_cap_truncates(sbx):
+    r = sbx.run("print('x' * 5000)", limits=Limits(output_bytes=1000))
+    assert r.status == "output_limit" and r.truncated and len(r.stdout) == 1000
+
+
+def test_scratch_removed(sbx, tmp_path):
+    b = LocalBackend(scratch_root=str(tmp_path))
+    try:
+        assert b.run("open('f.txt', 'w').write('x')").status == "ok"
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        b.close()
+
+
+def test_pool_runs_concurrently(sbx):
+    # 4 programs sleeping 0.5 s each on 4 workers take about 0.5 s, not 2 s
+    jobs = [Job(f"import time\ntime.sleep(0.5)\nprint({i})", timeout_s=10) for i in range(4)]
+    with SandboxPool(sbx, workers=4) as pool:
+        t = time.monotonic()
+        results = pool.run_many(jobs)
+        wall = time.monotonic() - t
+    assert [r.stdout for r in results] == ["0\n", "1\n", "2\n", "3\n"]
+    assert wall < 1.8, wall
+
+
+def test_check_reports_layers(sbx):
+    c = sbx.check()
+    assert c["works"] is True and c["backend"] == "local"
+    assert set(c["layers"]) >= {"pid_ns", "net_ns", "mount_ns", "fs_root", "uid_drop", "rlimits"}
+
+
+def test_degraded_layer_warns(monkeypatch, caplog):
+    # isolation="none" stands in for a kernel without namespaces: the run works, with a warning
+    monkeypatch.setattr(local_mod, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="rlvr.verifiers.sandbox.local"):
+        b = LocalBackend("none")
+        try:
+            r = b.run("print('hi')")
+        finally:
+            b.close()
+    assert r.status == "ok" and r.stdout == "hi\n"
+    assert r.info["layers"]["net_ns"] is False
+    assert any("no namespaces" in m for m in caplog.messages)
+
+
+def test_bwrap_requested_but_missing(monkeypatch):
+    from rlvr.verifiers.sandbox import bwrap
+
+    monkeypatch.setattr(bwrap, "available", lambda: False)
+    with pytest.raises(SandboxUnavailable, match="apt-get install -y bubblewrap"):
+        LocalBackend("bwrap")
+
+
+@pytest.mark.skipif(not __import__("shutil").which("bwrap"), reason="bubblewrap not installed")
+def test_bwrap_isolation_runs():
+    b = LocalBackend("bwrap")
+    r = b.run("import os, socket\nprint(input())\n"
+              "try:\n    socket.create_connection(('1.1.1.1', 53), timeout=1)\nexcept OSError:\n"
+              "    print('no net')", stdin="hi")
+    assert r.status == "ok" and r.stdout == "hi\nno net\n", r
+
+
+def test_zygote_restarts_after_dying(sbx):
+    assert sbx.run("print(1)").stdout == "1\n"
+    sbx._zygote.kill()
+    sbx._zygote.wait()
+    assert sbx.run("print(2)").stdout == "2\n"
+
+
+def test_unknown_backend_and_isolation():
+    with pytest.raises(ValueError, match="known: local, docker"):
+        make_backend("nope")
+    with pytest.raises(ValueError, match="isolation"):
+        LocalBackend("weird")
+
+
+def test_environment_is_minimal(sbx):
+    r = sbx.run("import os\nprint(sorted(os.environ))")
+    assert r.stdout == "['HOME', 'LANG', 'PATH', 'TMPDIR']\n"
+    assert os.environ.get("PATH")  # ours is untouched
