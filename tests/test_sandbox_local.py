@@ -46,6 +46,14 @@ def test_syntax_error_reported(sbx):
     assert r.status == "error" and "SyntaxError" in r.stderr
 
 
+def test_signal_to_self_works(sbx):
+    # the program is not its namespace's init, so its own default-action signals take effect
+    r = sbx.run("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\nprint('survived')")
+    assert r.status == "killed" and r.signal == 15 and r.stdout == ""
+    r = sbx.run("import os\nos.abort()")
+    assert r.status == "killed" and r.signal == 6
+
+
 def test_signal_death_is_killed(sbx):
     # a segmentation fault (reading address 0) ends the program by SIGSEGV = 11
     r = sbx.run("import ctypes\nctypes.string_at(0)")
@@ -53,8 +61,9 @@ def test_signal_death_is_killed(sbx):
 
 
 def test_cpu_limit_counts_as_timeout(sbx):
-    r = sbx.run("while True: pass", timeout_s=10, limits=Limits(cpu_s=1))
-    assert r.status == "timeout" and r.duration_s < 5
+    # SIGXCPU after 1 CPU second; the wall-clock limit (30 s) is far away
+    r = sbx.run("while True: pass", timeout_s=30, limits=Limits(cpu_s=1))
+    assert r.status == "timeout" and r.signal == 24 and r.duration_s < 20, r
 
 
 def test_atexit_and_threads_run_as_at_normal_exit(sbx):

@@ -119,7 +119,7 @@ def drop_caps():
     check(libc().syscall(SYS_CAPSET[machine()], header, data), "capset")
 
 
-def child(cfg, program, stdin_fd, report_warn):
+def child(cfg, program, stdin_fd, status_fd, report_warn):
     """Runs in the forked child: privileges, limits, then the program. Never returns."""
     import resource
 
@@ -154,11 +154,35 @@ def child(cfg, program, stdin_fd, report_warn):
     workdir = cfg["workdir"]
     os.chdir(workdir)
     os.dup2(stdin_fd, 0)
+    if cfg["namespaces"]:
+        be_init(status_fd)
     os.closerange(3, 1 << 16)
     os.environ.clear()
     os.environ.update({"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8",
                        "TMPDIR": "/tmp"})
     run_program(os.path.join(workdir, "main.py"), cfg.get("site_packages", False))
+
+
+def be_init(status_fd):
+    """As pid 1 of the namespace, fork the program and reap until it ends; report its status.
+
+    The program is not pid 1 itself because the kernel drops default-action signals sent to a
+    namespace's init: SIGXCPU, a program's own SIGTERM or abort() would do nothing. When this
+    process exits, the kernel kills whatever is left in the namespace.
+    """
+    pid = os.fork()
+    if pid == 0:
+        return
+    while True:
+        try:
+            p, st = os.wait()
+        except ChildProcessError:
+            os._exit(0)
+        if p == pid:
+            break
+    line = f"signal {os.WTERMSIG(st)}" if os.WIFSIGNALED(st) else f"exit {os.WEXITSTATUS(st)}"
+    os.write(status_fd, (line + "\n").encode())
+    os._exit(0)
 
 
 def run_program(path, site_packages):
@@ -293,15 +317,13 @@ def launch(cfg_path, status_fd):
     status.write(f"uid {-1 if report['uid'] is None else report['uid']}\n")
     pid = os.fork()
     if pid == 0:
-        try:
-            status.close()
-        except OSError:
-            pass
-        child(cfg, program, stdin_fd, lambda m: sys.stderr.write(f"[sandbox] {m}\n"))
+        child(cfg, program, stdin_fd, status.fileno(), lambda m: sys.stderr.write(f"[sandbox] {m}\n"))
     os.close(stdin_fd)
     status.write(f"child_pid {pid}\n")
     _, st = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(st):
+    if cfg["namespaces"]:  # the namespace's init reported the program's own status
+        pass
+    elif os.WIFSIGNALED(st):
         status.write(f"signal {os.WTERMSIG(st)}\n")
     else:
         status.write(f"exit {os.WEXITSTATUS(st)}\n")
