@@ -272,53 +272,65 @@ def policy_loss_terms(s: Session, mb: Batch, *, clipped: bool, kl_coef: float
     return per_token, diag
 
 
+def accumulate_gradients(s: Session, mini: Batch, *, clipped: bool, kl_coef: float,
+                         extra_loss: Callable | None = None) -> tuple[float, dict[str, float], float]:
+    """Backward the loss of one mini-batch, micro-batch by micro-batch (gradients accumulate).
+
+    Normalisation happens here, once: the mini-batch's sequence and token counts go to
+    :func:`rlvr.losses.aggregate` for every micro-batch, so the accumulated gradient equals the
+    gradient of the whole mini-batch's loss whatever ``optim.micro_batch_size`` is.
+    ``extra_loss(mb, norm)`` adds a scalar loss on the same micro-batch (PPO's shared value head).
+    Returns (loss, masked sums of the diagnostics, trained tokens).
+    """
+    cfg = s.cfg
+    norm = dict(num_seqs=len(mini), num_tokens=mini.num_tokens, max_len=loss_max_len(cfg))
+    total, sums, tokens = 0.0, {}, 0.0
+    for mb in mini.split(cfg.optim.micro_batch_size):
+        mb = mb.to(s.device)
+        per_token, diag = policy_loss_terms(s, mb, clipped=clipped, kl_coef=kl_coef)
+        loss = aggregate(per_token, mb.loss_mask, cfg.rl.loss_agg, **norm)
+        if extra_loss is not None:
+            loss = loss + extra_loss(mb, norm)
+        loss.backward()
+        total += loss.item()
+        m = mb.loss_mask
+        tokens += m.sum().item()
+        for k, v in diag.items():
+            sums[k] = sums.get(k, 0.0) + (v * m).sum().item()
+    return total, sums, tokens
+
+
 def update_policy(s: Session, batch: Batch, *, clipped: bool = True, kl_coef: float = 0.0,
                   epochs: int | None = None, mini_batches_per_epoch: int | None = None,
                   step: int = 0, extra_loss: Callable | None = None) -> dict[str, float]:
-    """Epochs × mini-batches of optimizer steps on one rollout batch; micro-batches accumulate.
-
-    Normalisation happens here, once: the mini-batch's sequence and token counts are passed to
-    :func:`rlvr.losses.aggregate` for every micro-batch, so the accumulated gradient equals the
-    gradient of the whole mini-batch's loss. ``extra_loss(mb, norm)`` adds a (scalar) loss on the
-    same micro-batch (PPO's shared value head).
-    """
+    """Epochs × mini-batches of optimizer steps on one rollout batch (see
+    :func:`accumulate_gradients` for the micro-batching), with gradient clipping and the schedule."""
     cfg = s.cfg
     epochs = cfg.rl.epochs_per_batch if epochs is None else epochs
     n_mini = cfg.rl.mini_batches_per_epoch if mini_batches_per_epoch is None else mini_batches_per_epoch
     sums: dict[str, float] = {}
-    counts = {"tokens": 0.0}
-    losses, grad_norms, opt_steps = [], [], 0
+    tokens, losses, grad_norms, opt_steps = 0.0, [], [], 0
     s.model.train()
     params = [p for g in s.optimizer.param_groups for p in g["params"]]
     for epoch in range(epochs):
         for mini in mini_batches(batch, n_mini, seed=cfg.run.seed * 1_000_003 + step * 101 + epoch):
-            norm = dict(num_seqs=len(mini), num_tokens=mini.num_tokens, max_len=loss_max_len(cfg))
             s.optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for mb in mini.split(cfg.optim.micro_batch_size):
-                mb = mb.to(s.device)
-                per_token, diag = policy_loss_terms(s, mb, clipped=clipped, kl_coef=kl_coef)
-                loss = aggregate(per_token, mb.loss_mask, cfg.rl.loss_agg, **norm)
-                if extra_loss is not None:
-                    loss = loss + extra_loss(mb, norm)
-                loss.backward()
-                total += loss.item()
-                m = mb.loss_mask
-                counts["tokens"] += m.sum().item()
-                for k, v in diag.items():
-                    sums[k] = sums.get(k, 0.0) + (v * m).sum().item()
+            loss, part, n = accumulate_gradients(s, mini, clipped=clipped, kl_coef=kl_coef,
+                                                 extra_loss=extra_loss)
             gn = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))
             s.optimizer.step()
             s.scheduler.step()
             opt_steps += 1
-            losses.append(total)
+            losses.append(loss)
             grad_norms.append(float(gn))
-    n = max(counts["tokens"], 1.0)
-    out = {f"train/{k}": v / n for k, v in sums.items()}
+            tokens += n
+            for k, v in part.items():
+                sums[k] = sums.get(k, 0.0) + v
+    out = {f"train/{k}": v / max(tokens, 1.0) for k, v in sums.items()}
     out.update({"train/loss": float(np.mean(losses)) if losses else 0.0,
                 "train/grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
                 "train/optimizer_steps": opt_steps, "train/lr": s.scheduler.get_last_lr()[0],
-                "train/tokens": counts["tokens"] / max(epochs, 1)})
+                "train/tokens": tokens / max(epochs, 1)})
     return out
 
 
@@ -376,6 +388,22 @@ def finish(s: Session, history: list[dict]) -> dict:
     except Exception as e:  # a plot must never fail a finished run
         log.warning("plotting failed: %s", e)
     return report
+
+
+def kl_coef(s: Session) -> float:
+    """The current β: ``rl.kl_coef``, or its adapted value (checkpointed in ``extra``)."""
+    return float(s.extra.get("kl_coef", s.cfg.rl.kl_coef))
+
+
+def adapt_kl_coef(s: Session, observed_kl: float, n_samples: int) -> float:
+    """Adaptive KL control when ``rl.kl_target`` is set; a fixed β otherwise."""
+    from rlvr.losses import adaptive_kl_coef
+
+    beta = kl_coef(s)
+    if s.cfg.rl.kl_target and beta > 0:
+        beta = adaptive_kl_coef(beta, observed_kl, s.cfg.rl.kl_target, s.cfg.rl.kl_horizon, n_samples)
+        s.extra["kl_coef"] = beta
+    return beta
 
 
 def step_metrics(trajs: list[Trajectory], cfg: TrainConfig, times: dict, t_step: float) -> dict:

@@ -57,7 +57,10 @@ def train(cfg, model=None, tokenizer=None, tasks=None, eval_fn=None, logger=None
         stats = {"train/optimizer_steps": 0}
         if keep:
             batch = common.prepare_batch(s, [trajs[i] for i in keep], adv[keep])
-            stats = common.update_policy(s, batch, clipped=True, kl_coef=cfg.rl.kl_coef, step=step)
+            beta = common.kl_coef(s)
+            stats = common.update_policy(s, batch, clipped=True, kl_coef=beta, step=step)
+            stats["train/kl_coef"] = beta
+            common.adapt_kl_coef(s, stats.get("train/kl", 0.0), len(keep))
         times["time/update"] = time.perf_counter() - t0
         times["time/train_tokens_per_s"] = stats.get("train/tokens", 0) / max(times["time/update"], 1e-9)
         # log + checkpoint

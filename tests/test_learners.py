@@ -1,0 +1,155 @@
+"""Learners: two steps each on the tiny model, the loss-mask guarantee, normalisation invariance."""
+
+import json
+
+import pytest
+import torch
+
+from rlvr.config import TrainConfig
+from rlvr.learners import common
+from rlvr.types import Trajectory
+
+
+def _cfg(tmp_path, algorithm="grpo", **rl):
+    cfg = TrainConfig(algorithm=algorithm)
+    cfg.run.output_dir = str(tmp_path / algorithm)
+    cfg.run.steps = 2
+    cfg.run.progress = False
+    cfg.run.device = "cpu"
+    cfg.rl.prompts_per_step = 2
+    cfg.rollout.samples_per_prompt = 2
+    cfg.rollout.max_turns = 2
+    cfg.rollout.max_new_tokens = 6
+    cfg.rollout.max_total_tokens = 96
+    cfg.optim.micro_batch_size = 2
+    cfg.optim.lr = 1e-3
+    for k, v in rl.items():
+        setattr(cfg.rl, k, v)
+    return cfg.validate()
+
+
+@pytest.fixture()
+def fresh_model(tiny_tokenizer):
+    from rlvr.models import build_tiny_model
+
+    return build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=1, seed=0)
+
+
+@pytest.mark.parametrize("algorithm,rl", [
+    ("grpo", dict(kl_coef=0.1, epochs_per_batch=2, mini_batches_per_epoch=2)),
+    ("ppo", dict(kl_coef=0.05, kl_in_reward=True, critic="separate", no_eos_penalty=0.5)),
+    ("ppo", dict(critic="shared", kl_target=0.01)),
+    ("rloo", dict(kl_coef=0.1, kl_in_reward=True)),
+    ("reinforce", dict(baseline="moving-average")),
+])
+def test_learner_runs_two_steps_and_changes_weights(tmp_path, tiny_tokenizer, fresh_model, algorithm, rl):
+    from rlvr.data import load_tasks
+    from rlvr.registry import ALGORITHMS
+
+    # an entropy bonus guarantees a gradient even when every reward of the random model is 0
+    cfg = _cfg(tmp_path, algorithm, entropy_coef=0.01, **rl)
+    before = [p.detach().clone() for p in fresh_model.parameters()]
+    train = __import__(ALGORITHMS.get(algorithm).__module__, fromlist=["train"]).train
+    evals = []
+    report = train(cfg, model=fresh_model, tokenizer=tiny_tokenizer, tasks=load_tasks("calculator", 8),
+                   eval_fn=lambda model, tok: evals.append(1) or {"score": 0.5})
+    rows = [json.loads(x) for x in (tmp_path / algorithm / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    # optimizer steps per rollout batch are logged: GRPO 2 epochs × 2 mini-batches, others 1
+    want_steps = 4 if algorithm == "grpo" else 1
+    assert rows[0]["train/optimizer_steps"] == want_steps
+    for key in ("reward/mean", "train/entropy", "train/clip_frac", "train/approx_kl", "train/grad_norm",
+                "rollout/response_len", "rollout/turns", "rollout/tool_calls", "time/rollout",
+                "time/update"):
+        assert key in rows[0], key
+    if rl.get("kl_coef"):
+        assert "train/kl" in rows[0]
+    assert rows[-1]["eval/score"] == 0.5 and evals == [1]  # eval at the end (eval_every = 0)
+    assert report["eval"] == {"eval/score": 0.5}
+    assert any(not torch.equal(a, b) for a, b in zip(before, fresh_model.parameters()))
+    assert (tmp_path / algorithm / "checkpoints" / "step_000002" / "state.pt").exists()
+
+
+def _mixed_trajectories(n=8):
+    """Trajectories with prompt, sampled, observation and sampled tokens, of different lengths."""
+    out = []
+    for i in range(n):
+        t = Trajectory.from_prompt([5, 6, 7][: 1 + i % 3], group_id=f"g{i // 2}")
+        t.append_sampled([10 + i, 11, 12][: 1 + i % 3], [-1.0] * (1 + i % 3))
+        t.append_observation([20, 21 + i])
+        t.append_sampled([30, 31 + i % 4], [-2.0, -1.5])
+        t.reward = float(i % 2)
+        out.append(t)
+    return out
+
+
+def _session(tmp_path, tokenizer, model, **rl):
+    cfg = _cfg(tmp_path, "grpo", **rl)
+    return common.setup(cfg, model, tokenizer, tasks=None, needs_ref=cfg.rl.kl_coef > 0)
+
+
+@pytest.mark.parametrize("mask_observations", [True, False])
+def test_only_loss_mask_tokens_enter_policy_kl_and_entropy(tmp_path, tiny_tokenizer, fresh_model,
+                                                           monkeypatch, mask_observations):
+    s = _session(tmp_path, tiny_tokenizer, fresh_model, kl_coef=0.5, entropy_coef=0.1,
+                 mask_observations=mask_observations)
+    trajs = _mixed_trajectories(2)
+    batch = common.prepare_batch(s, trajs, torch.tensor([1.0, -1.0]))
+    sampled = torch.zeros_like(batch.loss_mask)
+    for i, t in enumerate(trajs):
+        sampled[i, : len(t)] = torch.tensor(t.loss_mask, dtype=torch.float)
+    # make the sampled tokens' behaviour logprobs on-policy (the fixtures' -1.0 / -2.0 would put
+    # every ratio outside the clip range, where the surrogate has no gradient at all)
+    batch.logprobs = torch.where(sampled > 0, common.forward_logprobs(s, batch), batch.logprobs)
+    captured = {}
+    real = common.token_logprobs
+
+    def spy(model, b, temperature, **kw):
+        lp, ent = real(model, b, temperature, **kw)
+        lp.retain_grad()
+        ent.retain_grad()
+        captured["lp"], captured["ent"] = lp, ent
+        return lp, ent
+
+    monkeypatch.setattr(common, "token_logprobs", spy)
+    per_token, _ = common.policy_loss_terms(s, batch, clipped=True, kl_coef=0.5)
+    common.aggregate(per_token, batch.loss_mask, "token-mean", num_seqs=2,
+                     num_tokens=batch.num_tokens, max_len=16).backward()
+    observation = batch.attention_mask.bool() & ~sampled.bool()
+    observation[:, : int(batch.prompt_lens.max())] = False  # prompt tokens are never trained
+    obs_grad = captured["lp"].grad[observation].abs().sum() + captured["ent"].grad[observation].abs().sum()
+    assert captured["lp"].grad[sampled.bool()].abs().min() > 0  # every sampled token is trained
+    if mask_observations:
+        assert obs_grad == 0  # policy, KL and entropy terms ignore observation tokens
+        prompt = ~batch.loss_mask.bool()
+        assert captured["lp"].grad[prompt].abs().sum() == 0
+    else:
+        assert obs_grad > 0  # --no-mask trains them
+        # their old logprobs were filled from the policy, so the ratio starts at 1 there
+        assert torch.allclose(batch.logprobs[observation], captured["lp"].detach()[observation], atol=1e-5)
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_one_batch_of_8_equals_two_micro_batches_of_4(tmp_path, tiny_tokenizer, fresh_model, agg):
+    s = _session(tmp_path, tiny_tokenizer, fresh_model, kl_coef=0.2, entropy_coef=0.01, loss_agg=agg)
+    trajs = _mixed_trajectories(8)
+    adv = torch.linspace(-1, 1, 8)
+    batch = common.prepare_batch(s, trajs, adv)
+    grads = []
+    for micro in (8, 4):
+        s.cfg.optim.micro_batch_size = micro
+        s.model.zero_grad(set_to_none=True)
+        common.accumulate_gradients(s, batch, clipped=True, kl_coef=0.2)
+        grads.append(torch.cat([p.grad.flatten() for p in s.model.parameters()]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_engine_logprobs_match_the_learner_so_the_first_ratio_is_one(tmp_path, tiny_tokenizer, fresh_model):
+    s = _session(tmp_path, tiny_tokenizer, fresh_model)
+    trajs, _ = common.rollout(s, step=1)
+    batch = common.prepare_batch(s, trajs)
+    m = batch.loss_mask.bool()
+    assert m.any()
+    recomputed = common.forward_logprobs(s, batch)
+    torch.testing.assert_close(recomputed[m], batch.logprobs[m], rtol=0, atol=1e-4)
