@@ -113,17 +113,54 @@ def test_unknown_reward_model_path_is_a_clear_error(tmp_path):
         add_model_rewards([Trajectory.from_prompt([5])], ["a"], ["b"], cfg)
 
 
-def test_rlvr_train_rm_end_to_end(tmp_path, monkeypatch):
+TINY = ["--model.hidden_size", "32", "--model.num_layers", "1", "--run.progress", "false"]
+
+
+@pytest.fixture(scope="module")
+def rm_run(tmp_path_factory):
+    """`rlvr train rm_tiny`, once for the module: its reward model feeds the RLHF run below."""
+    import os
+
     from rlvr.cli import main
 
-    monkeypatch.setenv("RLVR_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "run"
-    rc = main(["train", "rm_tiny", "--output-dir", str(out), "--run.progress", "false",
-               "--run.steps", "8", "--data.limit", "100", "--pref.batch_size", "12",
-               "--model.hidden_size", "32", "--model.num_layers", "1"])
+    tmp = tmp_path_factory.mktemp("rm")
+    old = os.environ.get("RLVR_CACHE")
+    os.environ["RLVR_CACHE"] = str(tmp / "cache")
+    try:
+        rc = main(["train", "rm_tiny", "--output-dir", str(tmp / "run"), "--run.steps", "8",
+                   "--data.limit", "100", "--pref.batch_size", "12", *TINY])
+    finally:
+        if old is None:
+            os.environ.pop("RLVR_CACHE", None)
+        else:
+            os.environ["RLVR_CACHE"] = old
     assert rc == 0
+    return tmp
+
+
+def test_rlvr_train_rm_end_to_end(rm_run):
+    out = rm_run / "run"
     report = json.loads((out / "report.json").read_text())
     assert report["train_steps"] == 8
     assert report["eval_accuracy"] >= 0.8, report  # held-out pairs; chance is 0.5
     model, _, meta = load_reward_model(out / "final", "cpu")
     assert meta["reference_mean"] == pytest.approx(report["reference_mean"])
+
+
+def test_rlvr_train_rlhf_ppo_end_to_end(rm_run, tmp_path, monkeypatch):
+    from rlvr.cli import main
+    from rlvr.registry import ALGORITHMS
+
+    if "ppo" not in ALGORITHMS:
+        pytest.skip("the ppo learner is not part of this build")
+    monkeypatch.setenv("RLVR_CACHE", str(rm_run / "cache"))
+    out = tmp_path / "ppo"
+    rc = main(["train", "rlhf_ppo_tiny", "--output-dir", str(out), "--run.steps", "2",
+               "--rl.reward_model", str(rm_run / "run" / "final"), *TINY])
+    assert rc == 0
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for r in rows:
+        # qa_em has weight 0 in this config: the whole reward is the reward model's
+        assert r["reward/mean"] == pytest.approx(r["reward/reward_model"], abs=1e-6)
+        assert r["reward/reward_model"] != 0.0
