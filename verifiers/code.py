@@ -141,8 +141,11 @@ def _assert_program(code: str, tests: list[str], setup: str, marker: str) -> str
             f"_rlvr_run_tests({tests!r}, globals())\n")
 
 
-def run_tests(code: str, answer: Any, info: dict[str, Any]) -> Score:
-    """Build the programs for ``answer``'s tests, run them in the sandbox, tally the verdicts."""
+def run_tests(code: str, answer: Any, info: dict[str, Any], details: list[str] | None = None) -> Score:
+    """Build the programs for ``answer``'s tests, run them in the sandbox, tally the verdicts.
+
+    ``details``, when given, receives a few lines about the first failure (input, expected and
+    actual output, or the end of the traceback): the feedback of the multi-turn environment."""
     from rlvr.verifiers.sandbox import Job, Limits
 
     kind, tests = parse_tests(answer)
@@ -166,6 +169,11 @@ def run_tests(code: str, answer: Any, info: dict[str, Any]) -> Score:
             verdicts.append(v)
             if v != "pass" and len(notes) < 3:
                 notes.append(f"case {i}: {v}" + (f" ({_last_line(r.stderr)})" if r.stderr else ""))
+                if details is not None and not details:
+                    details += [f"input: {tests[i][0][:300]!r}", f"expected: {want[:300]!r}",
+                                f"got: {r.stdout[:300]!r}"]
+                    if r.stderr:
+                        details.append("stderr: " + "\n".join(r.stderr.strip().splitlines()[-4:]))
             if r.status == "sandbox_error":
                 return _sandbox_failure(r)
     else:
@@ -185,6 +193,8 @@ def run_tests(code: str, answer: Any, info: dict[str, Any]) -> Score:
         if r.status == "sandbox_error":
             return _sandbox_failure(r)
         verdicts, notes = _assert_verdicts(r, kind, n_tests, marker)
+        if details is not None and r.stderr.strip() and verdicts.count("pass") < n_tests:
+            details.append("stderr: " + "\n".join(r.stderr.strip().splitlines()[-4:]))
     n = len(verdicts)
     passed = verdicts.count("pass")
     parts = {"pass_rate": passed / n, "compile_error": 0.0,
