@@ -75,12 +75,14 @@ def make_corpus(path: Path, n: int, n_queries: int, seed: int) -> list[tuple[str
     with path.open("w") as fh:
         for i in range(n):
             title = " ".join(rng.choices(vocab, cum_weights=cum, k=2)).title()
-            words = rng.choices(vocab, cum_weights=cum, k=WORDS_PER_PASSAGE)
+            ranks = rng.choices(range(len(vocab)), cum_weights=cum, k=WORDS_PER_PASSAGE)
+            words = [vocab[r] for r in ranks]
             fh.write(json.dumps({"id": str(i), "contents": f'"{title}"\n' + " ".join(words)}) + "\n")
             if i in query_rows:
-                distinct = list(dict.fromkeys(words))
-                queries.append((" ".join(rng.sample(distinct, min(QUERY_WORDS, len(distinct)))),
-                                str(i)))
+                # a query names the passage's rarest words, as a person's keywords would
+                rare = sorted(set(ranks), reverse=True)[:QUERY_WORDS]
+                rng.shuffle(rare)
+                queries.append((" ".join(vocab[r] for r in rare), str(i)))
     return queries
 
 

@@ -82,9 +82,11 @@ def run_build(args) -> int:
     try:
         index = _build_all(args, build, size)
         index.save(out)
-    except BaseException:
+    except BaseException as e:
         if created:  # a failed build leaves no half-written index behind
             shutil.rmtree(out, ignore_errors=True)
+        if isinstance(e, ImportError):  # a missing optional package: say which, no traceback
+            raise ValueError(str(e)) from e
         raise
     print(f"built {index.kind} index of {len(index)} passages in "
           f"{time.perf_counter() - t0:.1f}s → {out}")
