@@ -93,6 +93,8 @@ def run(cfg, output_dir: str | Path | None = None) -> dict[str, Any]:
     from rlvr.preference_data import load_preference_data
     from rlvr.reward_model import build_reward_model, save_reward_model
 
+    if cfg.model.lora_rank:
+        raise ValueError("model.lora_rank > 0 is not supported by the rm learner; use full fine-tuning")
     oc.seed_everything(cfg.run.seed)
     out = oc.prepare_run_dir(cfg, output_dir)
     model, tokenizer = build_reward_model(cfg.model, pick_device(cfg.run.device))

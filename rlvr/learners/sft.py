@@ -105,6 +105,8 @@ def run(cfg, output_dir: str | Path | None = None) -> dict[str, Any]:
     from rlvr.models import load_policy, pick_device
     from rlvr.preference_data import load_sft_data
 
+    if cfg.model.lora_rank:
+        raise ValueError("model.lora_rank > 0 is not supported by the sft learner; use full fine-tuning")
     oc.seed_everything(cfg.run.seed)
     out = oc.prepare_run_dir(cfg, output_dir)
     model, tokenizer = load_policy(cfg.model, pick_device(cfg.run.device))
