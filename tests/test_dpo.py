@@ -103,3 +103,18 @@ def test_rlvr_train_dpo_end_to_end(tmp_path, monkeypatch):
     assert len(rows) == 6 and {"pref/margin", "pref/chosen_reward", "pref/rejected_reward",
                                "pref/accuracy", "train/loss"} <= set(rows[0])
     assert (out / "final" / "config.json").exists()
+
+
+def test_named_reference_model_and_live_reference(tmp_path):
+    from rlvr.learners.dpo import run
+    from rlvr.models import save_tiny
+
+    sft_dir = save_tiny(tmp_path / "sft", hidden_size=32, num_layers=1, seed=7)
+    cfg = load_config("dpo_tiny", ["--model.name_or_path", str(sft_dir), "--pref.reference_model", str(sft_dir),
+                                   "--pref.precompute_ref_logprobs", "false", "--run.steps", "2",
+                                   "--data.limit", "24", "--run.progress", "false"])
+    report = run(cfg, tmp_path / "run")
+    # policy and reference start from the same weights: every implicit reward starts at 0
+    assert report["eval_margin_before"] == pytest.approx(0.0, abs=1e-5)
+    assert report["train_steps"] == 2
+    assert report["eval_margin"] > report["eval_margin_before"]
