@@ -336,7 +336,7 @@ def serve(sock_fd):
 
     A request is one SEQPACKET message: the config path, with the run's stdout, stderr and status
     pipe write ends attached (SCM_RIGHTS). The zygote exits when its socket closes (the backend
-    closed or died) and dies with the process that started it.
+    closed, or the process holding it died).
     """
     import signal
     import socket
@@ -344,7 +344,8 @@ def serve(sock_fd):
     import resource  # noqa: F401  (imported once here rather than in every run)
     import traceback  # noqa: F401
 
-    libc().prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
+    # No PR_SET_PDEATHSIG here: it fires when the *thread* that started the zygote exits, and
+    # backends are used from pools of threads. The socket's EOF ends the zygote instead.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # launchers are reaped by the kernel
     sock = socket.socket(fileno=sock_fd)
     while True:

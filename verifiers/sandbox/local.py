@@ -151,8 +151,6 @@ class LocalBackend:
 
     def _run(self, program: str, stdin: str, timeout_s: float, limits: Limits, scratch: str,
              t0: float) -> ExecResult:
-        import socket
-
         os.chmod(scratch, 0o700)
         prog_path = os.path.join(scratch, "main.py")
         stdin_path = os.path.join(scratch, "stdin.txt")
@@ -176,6 +174,18 @@ class LocalBackend:
         cfg_path = os.path.join(scratch, "config.bin")
         with open(cfg_path, "wb") as f:
             marshal.dump(cfg, f)
+        result = self._launch(cfg_path, timeout_s, limits, t0)
+        if result.status == "sandbox_error" and not result.info.get("layers"):
+            with self._zlock:  # the launcher never started: a dead zygote; start a new one
+                if self._zygote is not None:
+                    self._zygote.kill()
+                    self._zygote.wait()
+            result = self._launch(cfg_path, timeout_s, limits, t0)
+        return result
+
+    def _launch(self, cfg_path: str, timeout_s: float, limits: Limits, t0: float) -> ExecResult:
+        import socket
+
         pipes = [os.pipe() for _ in range(3)]  # stdout, stderr, status
         try:
             writers = [w for _, w in pipes]
@@ -189,6 +199,7 @@ class LocalBackend:
                     with self._zlock:  # the zygote died: start a new one
                         if self._zygote is not None:
                             self._zygote.kill()
+                            self._zygote.wait()
             for w in writers:
                 os.close(w)
             pipes = [(r, None) for r, _ in pipes]
@@ -218,10 +229,13 @@ class LocalBackend:
                                                    lambda: bool(done), {status_r: status_buf},
                                                    on_status)
         finally:
-            # pid 1 of the run's namespace first (it takes the namespace with it), then the group
-            kill_pid(events.get("child_pid"))
-            if "launcher_pid" in events:
-                kill_group(events["launcher_pid"])
+            # Only while the launcher lives (no EOF yet) are its pids surely still ours: a finished
+            # run's pids may already belong to someone else. The namespace's init first (it takes
+            # the namespace with it), then the launcher's group.
+            if not done:
+                kill_pid(events.get("child_pid"))
+                if "launcher_pid" in events:
+                    kill_group(events["launcher_pid"])
         if status_buf:
             _parse_status(status_buf.decode("utf-8", "replace"), events)
         if not events["layers"].get("pid_ns") and events.get("uid") is not None:
