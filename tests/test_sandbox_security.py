@@ -49,15 +49,24 @@ def sandbox_pids() -> list[int]:
     return pids
 
 
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return " ".join(f.read().split("\n")[:3])
+    except OSError:
+        return "?"
+
+
 @pytest.fixture(autouse=True)
 def host_unaffected(sbx):
     cwd = os.getcwd()
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
     yield
-    deadline = time.monotonic() + 2.0
+    deadline = time.monotonic() + 5.0
     while sandbox_pids() and time.monotonic() < deadline:  # the kernel reaps asynchronously
         time.sleep(0.05)
-    assert sandbox_pids() == [], "a sandboxed process outlived its run"
+    left = {p: _comm(p) for p in sandbox_pids()}
+    assert left == {}, f"sandboxed processes outlived their run: {left}"
     assert os.getcwd() == cwd
     assert {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"} == env
     after = sbx.run("print(6 * 7)", timeout_s=10)
