@@ -9,8 +9,12 @@ unknown name fails with the list of known ones.
 from __future__ import annotations
 
 import importlib
+import threading
 from importlib.metadata import entry_points
 from typing import Any, Callable, Iterator
+
+
+_LOAD_LOCK = threading.RLock()
 
 
 class Registry:
@@ -22,6 +26,7 @@ class Registry:
         self.builtin_modules = builtin_modules
         self._items: dict[str, Any] = {}
         self._loaded = False
+        self._loading = False
 
     def register(self, name: str, obj: Any = None) -> Any:
         """Register ``obj`` under ``name``; usable as ``@registry.register("name")``."""
@@ -41,7 +46,17 @@ class Registry:
     def _load(self) -> None:
         if self._loaded:
             return
-        self._loaded = True
+        with _LOAD_LOCK:  # threads looking up at once (a pool of scorers) wait for one load
+            if self._loaded or self._loading:
+                return
+            self._loading = True  # a built-in that looks names up while importing sees a partial table
+            try:
+                self._load_all()
+            finally:
+                self._loading = False
+            self._loaded = True
+
+    def _load_all(self) -> None:
         for mod in self.builtin_modules:
             try:
                 importlib.import_module(mod)
