@@ -153,3 +153,46 @@ def test_engine_logprobs_match_the_learner_so_the_first_ratio_is_one(tmp_path, t
     assert m.any()
     recomputed = common.forward_logprobs(s, batch)
     torch.testing.assert_close(recomputed[m], batch.logprobs[m], rtol=0, atol=1e-4)
+
+
+def test_lora_reference_is_the_adapter_disabled_base(tmp_path, tiny_tokenizer, fresh_model):
+    pytest.importorskip("peft")
+    cfg = _cfg(tmp_path, "grpo", kl_coef=0.1, entropy_coef=0.1)
+    cfg.model.lora_rank = 4
+    cfg.optim.lr = 0.05
+    s = common.setup(cfg, fresh_model, tiny_tokenizer, needs_ref=True)
+    assert s.ref_model == "adapter-disabled"  # no copy of the model is kept
+    batch = common.prepare_batch(s, _mixed_trajectories(4), torch.tensor([1.0, -1.0, 0.5, -0.5]))
+    m = batch.loss_mask.bool()
+    # LoRA's B matrices start at 0: policy and reference agree before training
+    torch.testing.assert_close(common.forward_logprobs(s, batch)[m], batch.ref_logprobs[m])
+    common.update_policy(s, batch, clipped=True, kl_coef=0.1)
+    after = common.forward_logprobs(s, batch)
+    ref_after = common.forward_logprobs(s, batch, reference=True)
+    torch.testing.assert_close(ref_after[m], batch.ref_logprobs[m])  # the base did not move
+    assert (after[m] - ref_after[m]).abs().max() > 1e-4  # the adapter did
+
+
+def test_failed_episode_without_tokens_does_not_break_the_batch(tmp_path, tiny_tokenizer, fresh_model):
+    s = _session(tmp_path, tiny_tokenizer, fresh_model)
+    empty = Trajectory.from_prompt([], group_id="g0")  # what rollout records when reset raises
+    empty.error = "reset failed: boom"
+    trajs = [empty] + _mixed_trajectories(1)
+    batch = common.prepare_batch(s, trajs, torch.tensor([1.0, -1.0]))
+    assert len(batch) == 2 and batch.loss_mask[0].sum() == 0
+    stats = common.update_policy(s, batch, clipped=False)
+    assert stats["train/optimizer_steps"] == 1 and torch.isfinite(torch.tensor(stats["train/loss"]))
+
+
+def test_warmup_then_linear_decay(tmp_path):
+    cfg = _cfg(tmp_path)
+    cfg.optim.warmup_steps, cfg.optim.schedule, cfg.optim.lr = 2, "linear", 1.0
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = common.make_scheduler(opt, cfg, total=6)
+    lrs = []
+    for _ in range(6):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    # warm-up (i+1)/2: 0.5, 1.0; then 1 - (i-2)/4: 1.0, 0.75, 0.5, 0.25
+    assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25])

@@ -225,6 +225,13 @@ def prepare_batch(s: Session, trajs: list[Trajectory], advantages: torch.Tensor 
     ``--no-mask`` their old logprobs come from a no-grad forward pass of the current policy,
     before any update, so the PPO ratio starts at 1 on them.
     """
+    if any(len(t) == 0 for t in trajs):
+        # An episode whose reset failed has no tokens; a one-pad-token stand-in with nothing to
+        # train keeps rows aligned with rewards and advantages (and attention well defined).
+        pad = s.tokenizer.pad_token_id
+        trajs = [t if len(t) else Trajectory([pad], [0], [0.0], 1, group_id=t.group_id,
+                                             task_id=t.task_id, reward=t.reward, error=t.error)
+                 for t in trajs]
     batch = collate(trajs, s.tokenizer.pad_token_id)
     sampled = batch.loss_mask
     batch.loss_mask = train_mask(batch, s.cfg.rl.mask_observations)
@@ -318,6 +325,10 @@ def update_policy(s: Session, batch: Batch, *, clipped: bool = True, kl_coef: fl
             loss, part, n = accumulate_gradients(s, mini, clipped=clipped, kl_coef=kl_coef,
                                                  extra_loss=extra_loss)
             gn = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))
+            if not torch.isfinite(gn):  # one bad batch must not poison the weights
+                log.warning("step %d: non-finite gradient norm, optimizer step skipped", step)
+                s.optimizer.zero_grad(set_to_none=True)
+                continue
             s.optimizer.step()
             s.scheduler.step()
             opt_steps += 1
