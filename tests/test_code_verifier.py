@@ -158,3 +158,15 @@ def test_humaneval_canonical_solutions_pass_and_wrong_fails():
     failed = [(p["task_id"], s.reason) for p, s in zip(problems, good) if not s.correct]
     assert failed == []
     assert all(s.reward == 0.0 for s in bad), [s.reason for s in bad]
+
+
+def test_through_the_scoring_process_pool():
+    # verify_batch forks scoring workers after this process already used its sandbox pool: each
+    # worker must build its own (a forked thread pool has no threads and would hang)
+    from rlvr.scoring import verify_batch
+
+    assert verify("code", ADD_PROG, ADD_IO[:1]).correct  # the parent's pool is now live
+    items = [(ADD_PROG, ADD_IO), ("print(0)", ADD_IO)]
+    scores = verify_batch("code", items, timeout_s=60, workers=1)
+    # ADD_PROG passes 2 of 3 (see test_io_fraction_passed); print(0) passes none
+    assert [s.reward for s in scores] == pytest.approx([2 / 3, 0.0])

@@ -30,6 +30,7 @@ program that exits early with status 0 (``sys.exit(0)`` before the tests) earns 
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import threading
@@ -67,6 +68,16 @@ def get_pool(workers: int = 2):
 
             _pool = SandboxPool(get_backend(), workers=workers)
         return _pool
+
+
+def _forget_pool_after_fork() -> None:
+    # a thread pool's threads do not survive fork: a child (a scoring worker) builds its own
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 def parse_tests(answer: Any) -> tuple[str, Any]:

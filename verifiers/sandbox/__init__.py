@@ -47,6 +47,17 @@ def get_backend():
         return _default
 
 
+def _forget_after_fork() -> None:
+    # A forked child (a scoring worker) must not share the parent's launcher or lock: it starts
+    # its own backend on first use.
+    global _default, _lock
+    _default = None
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def set_backend(backend) -> None:
     """Replace the process-wide default backend (e.g. a configured Docker one)."""
     global _default

@@ -320,6 +320,12 @@ def launch(cfg_path, status_fd):
         child(cfg, program, stdin_fd, status.fileno(), lambda m: sys.stderr.write(f"[sandbox] {m}\n"))
     os.close(stdin_fd)
     status.write(f"child_pid {pid}\n")
+    # Backstop for a supervisor that died (a killed scoring worker): the launcher ends itself a
+    # little after the wall-clock limit, and its child, the namespace's init, dies with it.
+    import signal
+
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(int(cfg.get("wall_s", 60)) + 2)
     _, st = os.waitpid(pid, 0)
     if cfg["namespaces"]:  # the namespace's init reported the program's own status
         pass

@@ -169,7 +169,7 @@ class LocalBackend:
                "limits": lim, "namespaces": self.isolation == "auto", "tmpfs_mb": limits.tmpfs_mb,
                "uid_base": self.uid_base,
                "root_dir": os.path.join(scratch, "root"), "binds": self.binds,
-               "site_packages": self.site_packages}
+               "site_packages": self.site_packages, "wall_s": int(math.ceil(timeout_s))}
         os.mkdir(cfg["root_dir"])
         cfg_path = os.path.join(scratch, "config.bin")
         with open(cfg_path, "wb") as f:
