@@ -77,16 +77,25 @@ class BM25Index(Index):
         queries = check_queries(queries, k)
         if not queries:
             return []
-        k_eff = min(k, len(self))
         ids = self._tokenizer.tokenize(queries, update_vocab=False, return_as="ids",
                                        show_progress=False)
-        docs, scores = self._retriever.retrieve(ids, k=k_eff, show_progress=False, n_threads=0)
+        known = self._retriever.unique_token_ids_set
         out = []
-        for row_docs, row_scores in zip(np.asarray(docs), np.asarray(scores)):
+        for qids in ids:
+            qids = [t for t in qids if t in known]
+            if not qids:
+                out.append([])
+                continue
+            scores = self._retriever.get_scores_from_ids(qids)  # (N,)
             # Zero score = no query term in the passage; like Lucene, return only real matches
-            # rather than arbitrary filler (a query of only stopwords gets no passages).
-            out.append([Hit(self.store[int(d)], float(s))
-                        for d, s in zip(row_docs, row_scores) if s > 0])
+            # rather than arbitrary filler (a query of only stopwords gets no passages). Taking
+            # the top k among the matches also avoids a partition over the whole corpus.
+            matched = np.flatnonzero(scores > 0)
+            if len(matched) > k:
+                matched = matched[np.argpartition(-scores[matched], k - 1)[:k]]
+            # best first; equal scores in corpus order, so results are deterministic
+            order = matched[np.lexsort((matched, -scores[matched]))]
+            out.append([Hit(self.store[int(d)], float(scores[d])) for d in order])
         return out
 
     def _save_files(self, directory: Path) -> None:

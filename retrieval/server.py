@@ -37,6 +37,7 @@ class QueryRequest(BaseModel):
     topk: Optional[int] = Field(default=None, ge=1)
     return_scores: bool = False
 
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
