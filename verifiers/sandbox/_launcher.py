@@ -319,6 +319,12 @@ def launch(cfg_path, status_fd):
     if pid == 0:
         child(cfg, program, stdin_fd, status.fileno(), lambda m: sys.stderr.write(f"[sandbox] {m}\n"))
     os.close(stdin_fd)
+    # Let go of the run's stdout/stderr: they reach EOF when the program's side is done, without
+    # waiting for this process to tear the namespaces down.
+    devnull = os.open("/dev/null", os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
     status.write(f"child_pid {pid}\n")
     # Backstop for a supervisor that died (a killed scoring worker): the launcher ends itself a
     # little after the wall-clock limit, and its child, the namespace's init, dies with it.
@@ -347,8 +353,14 @@ def serve(sock_fd):
     import signal
     import socket
 
-    import resource  # noqa: F401  (imported once here rather than in every run)
+    import atexit  # noqa: F401  (imported once here rather than in every run)
+    import resource  # noqa: F401
     import traceback  # noqa: F401
+
+    libc()  # loads ctypes
+    import gc
+
+    gc.freeze()  # fewer copy-on-write faults in each forked launcher
 
     # No PR_SET_PDEATHSIG here: it fires when the *thread* that started the zygote exits, and
     # backends are used from pools of threads. The socket's EOF ends the zygote instead.

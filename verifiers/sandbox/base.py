@@ -71,7 +71,8 @@ def decode(data: bytes) -> str:
 
 def read_capped(out_fd: int, err_fd: int, cap: int, deadline: float, exited,
                 extra_fds: dict[int, bytearray] | None = None, on_extra=None,
-                after_exit_grace: float = 0.2) -> tuple[bytes, bytes, bool, str]:
+                after_exit_grace: float = 0.2, stop_when_streams_close=None,
+                ) -> tuple[bytes, bytes, bool, str]:
     """Read a run's stdout/stderr until both close, keeping at most ``cap`` bytes of each.
 
     Returns ``(stdout, stderr, truncated, why)`` where ``why`` is ``""``, ``"timeout"`` or
@@ -79,7 +80,8 @@ def read_capped(out_fd: int, err_fd: int, cap: int, deadline: float, exited,
     prints. ``extra_fds`` (fd → buffer) are read too; ``on_extra(fd, chunk)`` is called on new data
     (``b""`` at EOF). A
     stream still open ``after_exit_grace`` seconds after ``exited()`` turned true (a leftover
-    grandchild holding it) is abandoned.
+    grandchild holding it) is abandoned. Once stdout and stderr are closed, reading stops as soon
+    as ``stop_when_streams_close()`` is true, without waiting for the extra fds' EOF.
     """
     sel = selectors.DefaultSelector()
     bufs: dict[int, bytearray] = {}
@@ -93,6 +95,9 @@ def read_capped(out_fd: int, err_fd: int, cap: int, deadline: float, exited,
     truncated, why, exited_at = False, "", None
     try:
         while sel.get_map():
+            if (stop_when_streams_close is not None and out_fd not in sel.get_map()
+                    and err_fd not in sel.get_map() and stop_when_streams_close()):
+                break
             now = time.monotonic()
             if now >= deadline:
                 why = "timeout"

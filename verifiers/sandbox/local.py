@@ -224,15 +224,20 @@ class LocalBackend:
                 _parse_status(line.decode("utf-8", "replace"), events)
             status_buf[:] = rest
 
+        def finished() -> bool:
+            # the launcher exited, or the program's status is in (the launcher's namespace
+            # teardown need not be waited for)
+            return bool(done) or "exit" in events or "signal" in events
+
         try:
             out, err, truncated, why = read_capped(out_r, err_r, limits.output_bytes, t0 + timeout_s,
-                                                   lambda: bool(done), {status_r: status_buf},
-                                                   on_status)
+                                                   finished, {status_r: status_buf}, on_status,
+                                                   stop_when_streams_close=finished)
         finally:
-            # Only while the launcher lives (no EOF yet) are its pids surely still ours: a finished
-            # run's pids may already belong to someone else. The namespace's init first (it takes
-            # the namespace with it), then the launcher's group.
-            if not done:
+            # Only while the run is unfinished are its pids surely still ours: a finished run's
+            # pids may already belong to someone else. The namespace's init first (it takes the
+            # namespace with it), then the launcher's group.
+            if why or not finished():
                 kill_pid(events.get("child_pid"))
                 if "launcher_pid" in events:
                     kill_group(events["launcher_pid"])
