@@ -159,3 +159,25 @@ def test_environment_is_minimal(sbx):
     r = sbx.run("import os\nprint(sorted(os.environ))")
     assert r.stdout == "['HOME', 'LANG', 'PATH', 'TMPDIR']\n"
     assert os.environ.get("PATH")  # ours is untouched
+
+
+def test_cli_check_and_run(tmp_path, capsys):
+    import json
+
+    from rlvr.cli import main
+
+    assert main(["sandbox", "check"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["works"] is True and report["layers"]["rlimits"] is True
+    prog, inp = tmp_path / "p.py", tmp_path / "in.txt"
+    prog.write_text("print(int(input()) * 3)")
+    inp.write_text("14")
+    assert main(["sandbox", "run", str(prog), "--stdin", str(inp), "--timeout", "5"]) == 0
+    out = json.loads(capsys.readouterr().out)  # one JSON object: 14 * 3 = 42
+    assert (out["status"], out["exit_code"], out["stdout"]) == ("ok", 0, "42\n")
+    assert set(out) >= {"status", "exit_code", "stdout", "stderr", "duration_s"}
+    assert main(["sandbox", "run", str(tmp_path / "missing.py")]) == 2
+    assert "no program file" in capsys.readouterr().err
+    prog.write_text("import time\ntime.sleep(10)")
+    assert main(["sandbox", "run", str(prog), "--timeout", "0.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "timeout"
