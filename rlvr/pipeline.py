@@ -1,0 +1,326 @@
+"""The embedded default job: ``rlvr train`` with no config (issue 8).
+
+The Search-R1 recipe in miniature, on CPU, with nothing downloaded:
+
+1. **World**: a seeded fictional world (:mod:`rlvr.world`) written as a passage corpus and
+   one-/two-hop QA splits; a byte-level BPE tokenizer trained on its text; a BM25 index of the
+   corpus; a tiny random Llama.
+2. **Cold start (SFT)** on the scripted expert's demonstrations (:mod:`rlvr.expert`): some search
+   well, most guess or search badly; retrieved tokens are never trained.
+3. **RL**: GRPO (or PPO, ``--algorithm ppo``) with the ``search`` environment over the index and
+   the ``qa_em`` reward. ``--no-mask`` trains on the retrieved tokens too (Search-R1's ablation);
+   the SFT stage is the same in both runs, so only RL differs.
+4. **Evaluation** on the held-out test split (greedy, :func:`rlvr.evaluate.evaluate`): EM of the
+   SFT and RL policies with search, and without it (``search_direct``, the no-retrieval baseline).
+5. **Report**: a console table, ``report.json``, ``metrics.jsonl`` (RL steps; SFT steps in
+   ``sft/metrics.jsonl``), ``checkpoints/`` (``sft/`` and the RL steps) and ``curves.png``.
+
+The recipe lives in ``rlvr/configs/search_world.yaml``; ``--key value`` overrides apply on top
+(``rlvr train --run.steps 20 --world.num_people 200``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlvr.config import BUNDLED_CONFIGS, EnvConfig, TrainConfig, load_config
+from rlvr.expert import ExpertConfig
+
+log = logging.getLogger(__name__)
+
+RECIPE = BUNDLED_CONFIGS / "search_world.yaml"
+
+
+@dataclass
+class WorldSection:
+    """The synthetic world (see :class:`rlvr.world.WorldConfig`) and its tokenizer."""
+
+    seed: int = 0
+    """Seed of the world's facts (the same seed writes the same files)."""
+    num_people: int = 400
+    """People (three questions each)."""
+    num_cities: int = 40
+    """Cities."""
+    num_countries: int = 12
+    """Countries."""
+    num_orgs: int = 30
+    """Organisations."""
+    dev_people: int = 40
+    """People whose questions form the dev split (held-out curve during RL)."""
+    test_people: int = 60
+    """People whose questions form the test split (final numbers)."""
+    question_types: list[str] = field(default_factory=lambda: ["birthplace", "employer",
+                                                                "birth_country"])
+    """Question kinds: birthplace, employer (one hop), birth_country (two hops)."""
+    vocab_size: int = 1024
+    """BPE vocabulary of the world's tokenizer (large enough that each name is one token)."""
+
+
+@dataclass
+class SFTSection:
+    """The cold-start stage."""
+
+    steps: int = 300
+    """Optimizer steps on the expert's demonstrations."""
+    lr: float = 3e-3
+    """Peak learning rate (cosine decay after warm-up)."""
+    batch_size: int = 32
+    """Demonstrations per optimizer step."""
+    warmup_steps: int = 10
+    """Linear warm-up steps."""
+
+
+@dataclass
+class EvalSection:
+    """Held-out evaluation."""
+
+    dev_limit: int = 60
+    """Dev questions evaluated every ``run.eval_every`` RL steps (the curve)."""
+    train_limit: int = 60
+    """Training questions evaluated before and after RL (did RL raise reward on them?)."""
+    test_limit: int = 0
+    """Test questions for the final numbers (0 = all)."""
+    batch_size: int = 64
+    """Episodes per greedy rollout batch."""
+
+
+@dataclass
+class DefaultJobConfig(TrainConfig):
+    """:class:`TrainConfig` plus the world, the expert, the SFT stage and evaluation."""
+
+    world: WorldSection = field(default_factory=WorldSection)
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    sft: SFTSection = field(default_factory=SFTSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+
+def load_job_config(overrides: list[str] | None = None, output_dir: str | None = None,
+                    no_mask: bool = False) -> DefaultJobConfig:
+    """The bundled recipe with ``--key value`` overrides (and the CLI's flags) applied."""
+    extra = list(overrides or [])
+    if output_dir:
+        extra += ["--run.output_dir", str(output_dir)]
+    if no_mask:
+        extra += ["--rl.mask_observations", "false"]
+    cfg = load_config(RECIPE, extra, schema=DefaultJobConfig)
+    if cfg.algorithm not in ("grpo", "ppo", "rloo", "reinforce"):
+        raise ValueError(f"algorithm {cfg.algorithm!r}: the default job runs an on-policy learner "
+                         f"(grpo, ppo, rloo or reinforce)")
+    if cfg.model.name_or_path != "world":
+        raise ValueError(f"model.name_or_path {cfg.model.name_or_path!r}: the default job trains the "
+                         f"tiny model on the world's own tokenizer ('world'); for other models give a "
+                         f"config file to `rlvr train CONFIG`")
+    if cfg.env.name != "search":
+        raise ValueError(f"env.name {cfg.env.name!r}: the default job runs the 'search' environment")
+    return cfg
+
+
+def _stage(msg: str, t0: float) -> None:
+    print(f"[{time.perf_counter() - t0:6.1f}s] {msg}", flush=True)
+
+
+def _tasks(rows: list[dict], limit: int = 0) -> list:
+    from rlvr.data import row_to_task
+
+    rows = rows[:limit] if limit else rows
+    return [row_to_task(r, r["id"], where=f"world question {r['id']}") for r in rows]
+
+
+def build_job(cfg: DefaultJobConfig, out: Path):
+    """World files, tokenizer, BM25 index and untrained model of a job. Returns a dict of parts."""
+    from rlvr.models import build_tiny_model, build_tiny_tokenizer
+    from rlvr.retrieval.bm25 import BM25Index
+    from rlvr.retrieval.corpus import Passage
+    from rlvr.world import WorldConfig, build_world, write_world
+
+    w = cfg.world
+    world = build_world(WorldConfig(
+        seed=w.seed, num_people=w.num_people, num_cities=w.num_cities, num_countries=w.num_countries,
+        num_orgs=w.num_orgs, dev_people=w.dev_people, test_people=w.test_people,
+        question_types=tuple(w.question_types)))
+    paths = write_world(world, out / "world")
+    # Train the tokenizer on the text the policy will read: passages as the environment frames them.
+    framing = [f"Question: {r['question']}\n<search> {r['metadata']['subject']} </search>"
+               for r in world.splits["train"]]
+    framing += [f"Doc 1(Title: {p['contents'].partition(chr(10))[0]}) " for p in world.passages]
+    tokenizer = build_tiny_tokenizer(world.texts() + framing, vocab_size=w.vocab_size)
+    index_dir = out / "index"
+    index = BM25Index.build([Passage.from_contents(p["id"], p["contents"]) for p in world.passages],
+                            workdir=index_dir)
+    index.save(index_dir)
+    model = build_tiny_model(tokenizer, hidden_size=cfg.model.hidden_size,
+                             num_layers=cfg.model.num_layers, seed=cfg.model.seed)
+    return {"world": world, "paths": paths, "tokenizer": tokenizer, "index_dir": index_dir,
+            "model": model}
+
+
+def _sft_config(cfg: DefaultJobConfig) -> DefaultJobConfig:
+    c = copy.deepcopy(cfg)
+    c.run.steps, c.optim.lr = cfg.sft.steps, cfg.sft.lr
+    c.pref.batch_size, c.pref.epochs = cfg.sft.batch_size, 10_000  # run.steps caps the passes
+    c.optim.warmup_steps, c.optim.schedule = cfg.sft.warmup_steps, "cosine"
+    return c
+
+
+def _em(model, tokenizer, tasks, factory, cfg: DefaultJobConfig, name: str) -> dict[str, float]:
+    from rlvr.evaluate import evaluate
+
+    if not tasks:
+        return {"n": 0, "em": math.nan, "searches": math.nan, "answered": math.nan}
+    res = evaluate(model, tokenizer, {name: tasks}, factory, cfg=cfg.rollout,
+                   batch_size=cfg.eval.batch_size, progress=False)
+    m = res["datasets"][name]
+    return {"n": int(m["n"]), "em": float(m["em"]), "searches": float(m["searches"]),
+            "answered": float(m["answered"])}
+
+
+def run_default(output_dir: str | None = None, overrides: list[str] | None = None,
+                no_mask: bool = False) -> int:
+    """Run the default job; write the run directory; print the table. Returns the exit code."""
+    report = run_job(load_job_config(overrides, output_dir, no_mask))
+    print(format_report(report))
+    return 0
+
+
+def run_job(cfg: DefaultJobConfig) -> dict[str, Any]:
+    """The whole job for a loaded config; returns the report (also written to report.json)."""
+    import importlib
+
+    import torch
+
+    from rlvr.expert import expert_trajectories
+    from rlvr.learners.sft import train_on_trajectories
+    from rlvr.metrics import MetricsLogger
+    from rlvr.rollout import make_env_factory
+
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    out = Path(cfg.run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.run.seed)
+
+    _stage(f"building the world (seed {cfg.world.seed}), tokenizer, BM25 index and a "
+           f"{cfg.model.num_layers}x{cfg.model.hidden_size} policy in {out}", t0)
+    job = build_job(cfg, out)
+    world, tok, model = job["world"], job["tokenizer"], job["model"]
+    cfg.env.settings = {**dict(cfg.env.settings or {}), "index_dir": str(job["index_dir"])}
+    search_factory = make_env_factory(cfg.env)
+    direct_settings = {k: v for k, v in cfg.env.settings.items() if k in ("template", "chat")}
+    direct_factory = make_env_factory(EnvConfig("search_direct", dict(cfg.env.verifiers),
+                                                direct_settings))
+    train_tasks = _tasks(world.splits["train"])
+    dev_tasks = _tasks(world.splits["dev"], cfg.eval.dev_limit)
+    test_tasks = _tasks(world.splits["test"], cfg.eval.test_limit)
+    train_probe = train_tasks[:cfg.eval.train_limit]
+
+    _stage(f"{len(world.passages)} passages; questions: {len(train_tasks)} train, "
+           f"{len(world.splits['dev'])} dev, {len(world.splits['test'])} test; the expert writes "
+           f"{cfg.expert.demos_per_question} demonstrations per training question", t0)
+    demos = expert_trajectories(world, train_tasks, search_factory, tok, cfg.expert,
+                                max_obs_tokens=cfg.rollout.max_obs_tokens,
+                                max_turns=cfg.rollout.max_turns)
+    habits = {b: sum(d.info["expert"] == b for d in demos) for b in ("good", "guess", "bad")}
+    demo_em = sum(d.reward for d in demos) / len(demos)
+
+    _stage(f"SFT cold start: {cfg.sft.steps} steps on {len(demos)} demonstrations {habits} "
+           f"(expert EM {demo_em:.2f})", t0)
+    sft_cfg = _sft_config(cfg)
+    sft_logger = MetricsLogger(out / "sft", total_steps=cfg.sft.steps, progress=cfg.run.progress)
+    try:
+        sft_stats = train_on_trajectories(model, tok, demos, sft_cfg, logger=sft_logger)
+    finally:
+        sft_logger.close()
+    sft_dir = out / "checkpoints" / "sft"
+    model.save_pretrained(sft_dir)
+    tok.save_pretrained(sft_dir)
+    t_sft = time.perf_counter() - t0
+
+    _stage("evaluating the SFT policy on the test split (with and without search)", t0)
+    results: dict[str, dict] = {"sft": {}, "rl": {}}
+    results["sft"]["search"] = _em(model, tok, test_tasks, search_factory, cfg, "test")
+    results["sft"]["no_search"] = _em(model, tok, test_tasks, direct_factory, cfg, "test")
+    train_before = _em(model, tok, train_probe, search_factory, cfg, "train")
+    dev_before = _em(model, tok, dev_tasks, search_factory, cfg, "dev")
+
+    def dev_eval(m, t, step):
+        r = _em(m, t, dev_tasks, search_factory, cfg, "dev")
+        return {"em": r["em"], "searches": r["searches"]}
+
+    mode = "masked" if cfg.rl.mask_observations else "NOT masked (--no-mask ablation)"
+    _stage(f"RL: {cfg.algorithm} for {cfg.run.steps} steps of {cfg.rl.prompts_per_step} prompts x "
+           f"{cfg.rollout.samples_per_prompt} samples; retrieved tokens {mode}", t0)
+    learner = importlib.import_module(f"rlvr.learners.{cfg.algorithm}")
+    model.train()
+    logger = MetricsLogger(out, total_steps=cfg.run.steps, progress=cfg.run.progress)
+    # step 0 of the curve: the SFT policy, before any RL update
+    logger.log(0, {"eval/em": dev_before["em"], "eval/searches": dev_before["searches"]})
+    try:
+        learner.train(cfg, model=model, tokenizer=tok, tasks=train_tasks, eval_fn=dev_eval,
+                      logger=logger)
+    finally:
+        logger.close()
+    model.eval()
+    t_rl = time.perf_counter() - t0 - t_sft
+
+    _stage("evaluating the RL policy on the test split (with and without search)", t0)
+    results["rl"]["search"] = _em(model, tok, test_tasks, search_factory, cfg, "test")
+    results["rl"]["no_search"] = _em(model, tok, test_tasks, direct_factory, cfg, "test")
+    train_after = _em(model, tok, train_probe, search_factory, cfg, "train")
+
+    wall = time.perf_counter() - t0
+    report = {
+        "test_em": {p: {s: r["em"] for s, r in v.items()} for p, v in results.items()},
+        "test": results,
+        "rl_gain_em_points": 100 * (results["rl"]["search"]["em"] - results["sft"]["search"]["em"]),
+        "train_probe_em": {"before_rl": train_before["em"], "after_rl": train_after["em"],
+                           "n": train_before["n"]},
+        "dev_em": {"before_rl": dev_before["em"]},
+        "algorithm": cfg.algorithm, "mask_observations": cfg.rl.mask_observations,
+        "seed": cfg.run.seed, "world_seed": cfg.world.seed,
+        "expert": {"demonstrations": len(demos), "habits": habits, "em": demo_em},
+        "sft": sft_stats,
+        "wall_time_s": {"total": wall, "build_and_sft": t_sft, "rl": t_rl,
+                        "final_eval": wall - t_sft - t_rl},
+        # CPU seconds of this process: on a shared machine wall time overstates the cost
+        "cpu_time_s": time.process_time() - cpu0,
+        "torch_threads": torch.get_num_threads(),
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    try:
+        plot_curves(out / "metrics.jsonl", out / "curves.png")
+    except Exception as e:  # a plot must never fail a finished run
+        log.warning("plotting failed: %s", e)
+    _stage(f"done: {out / 'report.json'}, {out / 'curves.png'}", t0)
+    return report
+
+
+def plot_curves(metrics_jsonl: Path, out_png: Path) -> Path:
+    """Reward on training rollouts, held-out EM and searches per trajectory against RL step."""
+    from rlvr.metrics import plot_metrics
+
+    return plot_metrics(metrics_jsonl, out_png,
+                        keys=("reward/mean", "eval/em", "eval/searches", "rollout/tool_calls"))
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The console table: test EM per policy and setting, then the key facts of the run."""
+    em = report["test_em"]
+    n = report["test"]["sft"]["search"]["n"]
+    lines = [f"test EM (n = {n})        with search   no search",
+             f"  SFT policy            {em['sft']['search']:>10.3f}  {em['sft']['no_search']:>10.3f}",
+             f"  RL policy ({report['algorithm']:<5})     {em['rl']['search']:>10.3f}  "
+             f"{em['rl']['no_search']:>10.3f}",
+             f"RL gain: {report['rl_gain_em_points']:+.1f} EM points "
+             f"(retrieved tokens {'masked' if report['mask_observations'] else 'NOT masked'})",
+             f"training prompts EM: {report['train_probe_em']['before_rl']:.3f} -> "
+             f"{report['train_probe_em']['after_rl']:.3f}",
+             f"searches per test question: SFT {report['test']['sft']['search']['searches']:.2f}, "
+             f"RL {report['test']['rl']['search']['searches']:.2f}",
+             f"wall time: {report['wall_time_s']['total']:.0f}s"]
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""The embedded default job (``rlvr train`` with no config), reduced: a smaller world, fewer steps.
+
+It must run the whole recipe — world, tokenizer, index, expert demonstrations, SFT, GRPO with
+search, evaluation, report — and RL must raise the reward on the training prompts.
+"""
+
+import json
+
+import pytest
+
+from rlvr.pipeline import format_report, load_job_config, run_job
+
+# A smaller world and shorter stages than the bundled recipe; the same mechanism.
+REDUCED = [
+    "--world.num_people", "150", "--world.num_cities", "16", "--world.num_countries", "5",
+    "--world.num_orgs", "10", "--world.dev_people", "10", "--world.test_people", "20",
+    "--world.vocab_size", "700",
+    "--sft.steps", "250",
+    "--run.steps", "12", "--run.eval_every", "6", "--run.progress", "false",
+    "--eval.dev_limit", "20", "--eval.train_limit", "45",
+]
+
+
+@pytest.fixture(scope="module")
+def reduced_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("default_job")
+    cfg = load_job_config(REDUCED, str(out))
+    return out, run_job(cfg)
+
+
+def test_rl_raises_reward_on_training_prompts(reduced_run):
+    out, report = reduced_run
+    probe = report["train_probe_em"]
+    # the same 45 training questions, greedy, before and after RL
+    assert probe["n"] == 45
+    assert probe["after_rl"] > probe["before_rl"], probe
+    # and on the rollouts themselves: the last steps' mean reward beats the first steps'
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rewards = [r["reward/mean"] for r in rows if "reward/mean" in r]
+    assert len(rewards) == 12
+    assert sum(rewards[-4:]) > sum(rewards[:4]), rewards
+
+
+def test_run_directory_and_report(reduced_run):
+    out, report = reduced_run
+    for name in ("report.json", "metrics.jsonl", "curves.png", "config.yaml",
+                 "world/corpus.jsonl", "world/test.jsonl", "index/index.json",
+                 "checkpoints/sft/config.json", "sft/metrics.jsonl"):
+        assert (out / name).exists(), name
+    assert any((out / "checkpoints").glob("step*")), list((out / "checkpoints").iterdir())
+    on_disk = json.loads((out / "report.json").read_text())
+    assert set(on_disk["test_em"]) == {"sft", "rl"}
+    for policy in ("sft", "rl"):
+        assert set(on_disk["test_em"][policy]) == {"search", "no_search"}
+        assert on_disk["test"][policy]["search"]["n"] == 60  # 20 test people × 3 questions
+    assert on_disk["wall_time_s"]["total"] > 0
+    # the held-out curve has the SFT point (step 0) and the RL evaluations (steps 6 and 12)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "eval/em" in r] == [0, 6, 12]
+    table = format_report(report)
+    assert "SFT policy" in table and "RL policy" in table
+
+
+def test_bad_overrides_are_named():
+    with pytest.raises(ValueError, match="algorithm"):
+        load_job_config(["--algorithm", "dpo"])
+    with pytest.raises(ValueError, match="world"):
+        load_job_config(["--world.no_such_field", "1"])
