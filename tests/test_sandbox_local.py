@@ -137,8 +137,10 @@ def test_bwrap_isolation_runs():
     b = LocalBackend("bwrap")
     r = b.run("import os, socket\nprint(input())\n"
               "try:\n    socket.create_connection(('1.1.1.1', 53), timeout=1)\nexcept OSError:\n"
-              "    print('no net')", stdin="hi")
-    assert r.status == "ok" and r.stdout == "hi\nno net\n", r
+              "    print('no net')\nprint(os.getuid() != 0)", stdin="hi")
+    b.close()
+    assert r.status == "ok" and r.stdout == "hi\nno net\nTrue\n", r
+    assert r.info["layers"]["bwrap"] and r.info["layers"]["uid_drop"] == (os.geteuid() == 0)
 
 
 def test_zygote_restarts_after_dying(sbx):

@@ -270,7 +270,8 @@ def launch(cfg_path, status_fd):
     stdin_fd = os.open(cfg["stdin"], os.O_RDONLY)
     is_root = os.geteuid() == 0
     if cfg.get("uid_base") is not None and is_root:
-        cfg["uid"] = cfg["uid_base"] + os.getpid()  # unique among runs alive at the same time
+        # unique among runs alive at the same time
+        cfg["uid"] = cfg.get("uid_fixed") or cfg["uid_base"] + os.getpid()
     else:
         cfg["uid"] = None
         warn("not root: the program keeps the caller's uid (no uid drop; RLIMIT_NPROC then counts "
