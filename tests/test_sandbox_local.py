@@ -183,3 +183,16 @@ def test_cli_check_and_run(tmp_path, capsys):
     prog.write_text("import time\ntime.sleep(10)")
     assert main(["sandbox", "run", str(prog), "--timeout", "0.5"]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "timeout"
+
+
+@pytest.mark.skipif(not __import__("shutil").which("bwrap"), reason="bubblewrap not installed")
+def test_auto_falls_back_to_bwrap_when_namespaces_refused(monkeypatch):
+    from rlvr.verifiers.sandbox.base import ExecResult
+
+    b = LocalBackend()
+    refused = ExecResult("ok", 0, "", "", 0.01, info={"layers": {"pid_ns": False, "rlimits": True}})
+    monkeypatch.setattr(b, "_launch", lambda *a, **k: refused)  # as on a kernel that says no
+    assert b.run("pass") is refused
+    r = b.run("print('via bwrap')")  # the next run goes through bubblewrap
+    b.close()
+    assert r.stdout == "via bwrap\n" and r.info["layers"]["bwrap"] is True

@@ -12,7 +12,8 @@ Layers (see ``_launcher.py`` for how each is built), each reported by :meth:`Loc
 
 A layer the kernel refuses degrades with a warning (logged once per process, and listed in
 ``ExecResult.info["warnings"]``), never silently. ``isolation="bwrap"`` runs the program under
-bubblewrap instead of the built-in namespace code, when ``bwrap`` is installed.
+bubblewrap instead of the built-in namespace code; with ``"auto"``, bubblewrap takes over when the
+built-in namespaces are refused and ``bwrap`` is installed.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class LocalBackend:
                     "isolation='bwrap' but bubblewrap is not installed (apt-get install -y bubblewrap)")
         self._zygote = None
         self._zsock = None
+        self._fallback_bwrap = False
         self._zlock = threading.Lock()
         if isolation == "none":
             warn_once("isolation='none': no namespaces, the program can reach the network and files")
@@ -161,7 +163,7 @@ class LocalBackend:
         cpu_s = limits.cpu_s or int(math.ceil(timeout_s)) + 1
         lim = {"cpu_s": cpu_s, "memory_mb": limits.memory_mb, "file_size_mb": limits.file_size_mb,
                "open_files": limits.open_files, "processes": limits.processes}
-        if self.isolation == "bwrap":
+        if self.isolation == "bwrap" or self._fallback_bwrap:
             from rlvr.verifiers.sandbox import bwrap
 
             return bwrap.run(self, scratch, lim, limits, timeout_s, t0)
@@ -175,6 +177,13 @@ class LocalBackend:
         with open(cfg_path, "wb") as f:
             marshal.dump(cfg, f)
         result = self._launch(cfg_path, timeout_s, limits, t0)
+        layers = result.info.get("layers") or {}
+        if self.isolation == "auto" and layers and not layers.get("pid_ns"):
+            from rlvr.verifiers.sandbox import bwrap
+
+            if bwrap.available():  # e.g. a kernel that only lets setuid bwrap create namespaces
+                warn_once("built-in namespaces unavailable: later runs use bubblewrap")
+                self._fallback_bwrap = True
         if result.status == "sandbox_error" and not result.info.get("layers"):
             with self._zlock:  # the launcher never started: a dead zygote; start a new one
                 if self._zygote is not None:
