@@ -49,7 +49,7 @@ def test_smollm2_gguf_multi_turn():
     from rlvr.hf_engine import HFEngine
     from rlvr.rollout import collect
     from rlvr.types import Task
-    from environments.calculator import CalculatorEnv
+    from rlvr.environments.calculator import CalculatorEnv
 
     model, tok = load_policy(ModelConfig(name_or_path="smollm2"), "cpu")
     trajs = collect(HFEngine(model, tok), tok, CalculatorEnv, [Task("What is 12*7?", "84", id="c:0")],

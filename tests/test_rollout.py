@@ -8,7 +8,7 @@ from rlvr.rollout import collect, encode_observation, render_prompt
 from rlvr.testing import ScriptedEngine
 from rlvr.types import Task
 
-from environments.calculator import CalculatorEnv
+from rlvr.environments.calculator import CalculatorEnv
 
 
 def calc_policy(context: str) -> str:

@@ -1,28 +1,30 @@
 """The local sandbox's launcher: builds the isolation layers, then runs one untrusted program.
 
-It runs as ``python -I -S _launcher.py CONFIG`` in a new session (its own process group) with an
-empty environment, and imports nothing from rlvr (only the standard library). Steps:
+It imports nothing from rlvr (only the standard library) and runs in one of two ways:
+``python -I -S _launcher.py --serve FD`` is the long-lived "zygote" that forks one launcher per
+request (a fork instead of an interpreter start per run); ``python -I -S _launcher.py CONFIG FD``
+launches one run (used under bubblewrap). Either way a launcher is in a new session with an empty
+environment, and:
 
-1. ``unshare`` new mount / pid / net / ipc / uts namespaces (plus a user namespace when not root).
-2. In the new mount namespace, build a fresh root on a tmpfs: the interpreter's prefix and the
+1. ``unshare``s new mount / pid / net / ipc / uts namespaces (plus a user namespace when not root).
+2. In the new mount namespace, builds a fresh root on a tmpfs: the interpreter's prefix and the
    system directories bind-mounted read-only, a private ``/tmp`` and a writable ``/sandbox`` (small
-   tmpfs mounts), device nodes null/zero/urandom; then ``pivot_root`` and detach the host's tree, so
-   the project, home directories and the host's /tmp are simply not there.
-3. Fork. The child is pid 1 of the new pid namespace: when it exits the kernel kills everything
+   tmpfs mounts), device nodes null/zero/urandom; then ``pivot_root`` and detaches the host's tree,
+   so the project, home directories and the host's /tmp are simply not there.
+3. Forks. The child is pid 1 of the new pid namespace: when it exits the kernel kills everything
    left in the namespace, so a daemon cannot outlive the run. It dies with the launcher
    (``PR_SET_PDEATHSIG``), starts its own session, drops to an unprivileged uid unique to this run
    (so ``RLIMIT_NPROC`` binds and no two runs can signal each other), enters a user namespace of its
-   own with every capability cleared and ``no_new_privs`` set, applies the rlimits, and executes
-   the program in this interpreter (saving a second interpreter start).
-4. The launcher reports the layers it set up, the child's pid and its exit status as text lines
-   (``key value``) on the status pipe, whose fd number comes in the config.
+   own with every capability cleared and ``no_new_privs`` set, applies the rlimits, then forks the
+   program (see :func:`be_init`), which executes in this interpreter (no second interpreter start).
+4. Reports the layers it set up, the child's pid and the program's exit status as text lines
+   (``key value``) on the status pipe.
 
 The config is a ``marshal``-ed dict and only ``ctypes`` is imported beyond the interpreter's start-up
-modules: every millisecond here is paid by every run.
+modules (once, in the zygote): every millisecond here is paid by every run.
 
 A layer the kernel refuses is reported as a warning on the status pipe; the run goes on without it.
 """
-
 import marshal
 import os
 import sys
