@@ -131,3 +131,28 @@ def test_coexists_with_pypi_verifiers_package(tmp_path):
     assert Path(pypi_file).parent == fake
     assert Path(ours).parent != fake
     assert reward == "1.0"
+
+
+def test_train_with_the_plugin_verifier_from_a_config(installed, tmp_path):
+    """`rlvr train my.yaml` whose environment is rewarded by the plugin: the part is logged."""
+    import yaml
+
+    from rlvr.config import resolve_config_path
+
+    bundled = resolve_config_path("grpo_calculator")
+    settings = yaml.safe_load(bundled.read_text())
+    settings["data.train"] = str(bundled.parent / settings["data.train"])  # relative to the config
+    settings = {k: v for k, v in settings.items() if not k.startswith(("env.verifiers", "run.steps"))}
+    settings.update({"env.verifiers": {"shout": 1.0, "format_r1": 0.1}, "run.steps": 2,
+                     "run.progress": False})
+    cfg = tmp_path / "my.yaml"
+    cfg.write_text(yaml.safe_dump(settings))
+    out = tmp_path / "run"
+    env = {**env_with(installed), "TOKENIZERS_PARALLELISM": "false"}
+    r = subprocess.run([sys.executable, "-m", "rlvr", "train", str(cfg), "--output-dir", str(out)],
+                       capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2]
+    assert any(k.startswith("reward/shout") for k in rows[0]), sorted(rows[0])
+    assert any(k.startswith("reward/format_r1") for k in rows[0]), sorted(rows[0])
