@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
-from rlvr.engine import SamplingParams
+from rlvr.engine import Completion, SamplingParams
 from rlvr.environment import Environment, StepResult
 from rlvr.types import Task, Trajectory, Turn
 
@@ -126,9 +126,11 @@ def collect(engine, tokenizer, env_factory: Callable[[], Environment], tasks: li
         active = [ep for ep in episodes if not ep.done]
         if not active:
             break
-        room = min(cfg.max_total_tokens - len(ep.traj) for ep in active)
+        # Each episode's own budget: one long episode must not shorten its batch-mates' turns.
+        # The batch samples up to the largest budget; a longer completion is cut to its own.
+        caps = [max(1, min(cfg.max_new_tokens, cfg.max_total_tokens - len(ep.traj))) for ep in active]
         params = SamplingParams(
-            max_new_tokens=max(1, min(cfg.max_new_tokens, room)),
+            max_new_tokens=max(caps),
             temperature=0.0 if greedy else cfg.temperature, top_p=1.0 if greedy else cfg.top_p,
             stop=stops or [], seed=None if seed is None else seed * 1000 + turn)
         try:
@@ -139,7 +141,9 @@ def collect(engine, tokenizer, env_factory: Callable[[], Environment], tasks: li
             log.error("engine failed on turn %d: %s", turn, e)
             break
         stepping: list[tuple[_Episode, str]] = []
-        for ep, out in zip(active, outs):
+        for ep, out, cap in zip(active, outs, caps):
+            if len(out.token_ids) > cap:
+                out = Completion(out.token_ids[:cap], out.logprobs[:cap], "length")
             start = len(ep.traj)
             ep.traj.append_sampled(out.token_ids, out.logprobs)
             ep.turn_start = start

@@ -69,6 +69,24 @@ def test_max_total_tokens_is_never_exceeded(tiny_tokenizer, budget):
         assert tr.truncated and tr.finish_reason in ("max_total_tokens", "max_new_tokens")
 
 
+def test_a_long_episode_does_not_shorten_its_batch_mates(tiny_tokenizer):
+    """Budgets are per episode: a task whose prompt nearly fills max_total_tokens is truncated,
+    while a short task in the same batch finishes exactly as it does alone."""
+    tok = tiny_tokenizer
+    short = Task("What is 2+3?", "5", id="t:0")
+    long = Task("What is 2+3? " + "Think hard. " * 30, "5", id="t:1")
+    probe = RolloutConfig(max_turns=1, max_new_tokens=1, max_total_tokens=1024)
+    long_prompt = run(tok, lambda c: "x", [long], probe)[0].prompt_len
+    [alone] = run(tok, calc_policy, [short])
+    budget = long_prompt + 3
+    assert len(alone) < budget  # the short episode fits comfortably in its own budget
+    cfg = RolloutConfig(max_turns=4, max_new_tokens=64, max_total_tokens=budget)
+    together = run(tok, calc_policy, [short, long], cfg)
+    assert together[0].finish_reason == "done" and together[0].reward == 1.0
+    assert together[0].token_ids == alone.token_ids
+    assert together[1].truncated and len(together[1]) <= budget
+
+
 def test_group_ids(tiny_tokenizer):
     tasks = [Task("What is 1+1?", "2", id="nq:0"), Task("What is 1+1?", "2", id="hotpotqa:0"),
              Task("What is 2+2?", "4", id="nq:1")]
