@@ -1,4 +1,4 @@
-"""The embedded default job: ``rlvr train`` with no config (issue 8).
+"""The embedded default job: ``rlvr train`` with no config.
 
 The Search-R1 recipe in miniature, on CPU, with nothing downloaded:
 
@@ -16,7 +16,8 @@ The Search-R1 recipe in miniature, on CPU, with nothing downloaded:
    ``sft/metrics.jsonl``), ``checkpoints/`` (``sft/`` and the RL steps) and ``curves.png``.
 
 The recipe lives in ``rlvr/configs/search_world.yaml``; ``--key value`` overrides apply on top
-(``rlvr train --run.steps 20 --world.num_people 200``).
+(``rlvr train --run.steps 20 --world.num_people 200``); a copy of the recipe runs the same way
+(``rlvr train my_world.yaml``: a config with a ``world`` section is a default-job recipe).
 """
 
 from __future__ import annotations
@@ -101,15 +102,26 @@ class DefaultJobConfig(TrainConfig):
     eval: EvalSection = field(default_factory=EvalSection)
 
 
+def is_job_recipe(path: str | Path) -> bool:
+    """Whether a config file is a default-job recipe (it has a ``world`` section)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError:
+        return False  # load_config reports it, naming the file
+    return isinstance(raw, dict) and any(str(k).split(".")[0] == "world" for k in raw)
+
+
 def load_job_config(overrides: list[str] | None = None, output_dir: str | None = None,
-                    no_mask: bool = False) -> DefaultJobConfig:
-    """The bundled recipe with ``--key value`` overrides (and the CLI's flags) applied."""
+                    no_mask: bool = False, recipe: str | Path = RECIPE) -> DefaultJobConfig:
+    """A recipe (the bundled one by default) with ``--key value`` overrides and the CLI's flags."""
     extra = list(overrides or [])
     if output_dir:
         extra += ["--run.output_dir", str(output_dir)]
     if no_mask:
         extra += ["--rl.mask_observations", "false"]
-    cfg = load_config(RECIPE, extra, schema=DefaultJobConfig)
+    cfg = load_config(recipe, extra, schema=DefaultJobConfig)
     if cfg.algorithm not in ("grpo", "ppo", "rloo", "reinforce"):
         raise ValueError(f"algorithm {cfg.algorithm!r}: the default job runs an on-policy learner "
                          f"(grpo, ppo, rloo or reinforce)")
@@ -182,9 +194,12 @@ def _em(model, tokenizer, tasks, factory, cfg: DefaultJobConfig, name: str) -> d
 
 
 def run_default(output_dir: str | None = None, overrides: list[str] | None = None,
-                no_mask: bool = False) -> int:
+                no_mask: bool = False, resume: bool = False, recipe: str | Path = RECIPE) -> int:
     """Run the default job; write the run directory; print the table. Returns the exit code."""
-    report = run_job(load_job_config(overrides, output_dir, no_mask))
+    if resume:
+        raise ValueError("--resume: the default job always runs from the start (a few minutes); "
+                         "resuming applies to `rlvr train CONFIG` runs")
+    report = run_job(load_job_config(overrides, output_dir, no_mask, recipe))
     print(format_report(report))
     return 0
 

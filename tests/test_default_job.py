@@ -66,3 +66,17 @@ def test_bad_overrides_are_named():
         load_job_config(["--algorithm", "dpo"])
     with pytest.raises(ValueError, match="world"):
         load_job_config(["--world.no_such_field", "1"])
+
+
+def test_cli_reads_overrides_without_a_config(capsys):
+    """`rlvr train --algorithm X` overrides the default job (the value is not taken for a config
+    name); `rlvr train search_world` and `rlvr train default` are the same job."""
+    from rlvr.cli import main
+
+    for argv in (["train", "--algorithm", "dpo"], ["train", "default", "--algorithm", "dpo"],
+                 ["train", "search_world", "--algorithm=dpo"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "algorithm 'dpo'" in err and "on-policy" in err, err
+    assert main(["train", "--resume"]) == 2
+    assert "always runs from the start" in capsys.readouterr().err

@@ -9,6 +9,8 @@ import sys
 
 # subcommand module, in the order ``rlvr --help`` lists them
 COMMANDS = ("train", "eval", "verify", "list", "index", "serve", "sandbox")
+# what `rlvr train` with no config runs: the embedded default job
+DEFAULT_JOB = "default"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train" and (len(argv) == 1 or argv[1].startswith("-")):
+        # no config: every `--key value` pair is an override of the default job (without this,
+        # argparse would take the first override's value for the optional config argument)
+        argv.insert(1, DEFAULT_JOB)
     args, rest = parser.parse_known_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()

@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a policy (GRPO, PPO, RLOO, REINFORCE, SFT, DPO, RM)",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("config", nargs="?", default=None,
-                   help="YAML config file or bundled config name; omit for the default job")
+                   help="YAML config file or bundled config name; omit (or 'default') for the default job")
     p.add_argument("--output-dir", default=None, help="run directory (overrides run.output_dir)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.add_argument("--no-mask", action="store_true",
@@ -43,8 +43,10 @@ def _resolve_data_paths(cfg, config_path: Path) -> None:
 
 
 def run(args) -> int:
+    from rlvr.cli import DEFAULT_JOB
+
     overrides = list(getattr(args, "overrides", []) or [])
-    if args.config is None:
+    if args.config in (None, DEFAULT_JOB):
         try:
             from rlvr.pipeline import run_default
         except ModuleNotFoundError as e:
@@ -53,12 +55,17 @@ def run(args) -> int:
             print("rlvr train: the default job (rlvr.pipeline) is not part of this build; give a "
                   "config, e.g. `rlvr train grpo_calculator` (see `rlvr list`)", file=sys.stderr)
             return 2
-        return int(run_default(args.output_dir, overrides, args.no_mask) or 0)
+        return int(run_default(args.output_dir, overrides, args.no_mask, resume=args.resume) or 0)
 
     from rlvr.config import dump_config, load_config, resolve_config_path
+    from rlvr.pipeline import is_job_recipe, run_default
+
     from rlvr.registry import ALGORITHMS
 
     path = resolve_config_path(args.config)
+    if is_job_recipe(path):  # e.g. `rlvr train search_world`, or an edited copy of it
+        return int(run_default(args.output_dir, overrides, args.no_mask, resume=args.resume,
+                               recipe=path) or 0)
     if args.output_dir:
         overrides += ["--run.output_dir", args.output_dir]
     if args.resume:
