@@ -4,7 +4,7 @@ subprocess; and the wall time of all 164 HumanEval canonical solutions through a
     python bench/bench_sandbox.py                 # n = 100 trivial runs per backend, 2 workers
     python bench/bench_sandbox.py --n 300 --json out.json
 
-Target (issue 4): the local backend's per-run time within 2x of a bare subprocess.
+Target: the local backend's per-run time within 2x of a bare subprocess.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ does: an exception becomes ``Score(0.0, False, reason=...)``.
 Checks can be slow or hang (sympy on an adversarial expression), so :func:`verify_batch` runs them
 in worker processes with a per-call deadline kept by the parent: a check past its deadline, or one
 whose worker dies, scores 0 with the reason, and the worker is killed and replaced, so training
-never stalls on one completion (issue 3).
+never stalls on one completion.
 
 Workers are forked by default (POSIX). ``forkserver`` and ``spawn`` re-run the caller's
 ``__main__`` in every worker, which breaks plain scripts without an ``if __name__ == "__main__"``
