@@ -14,12 +14,12 @@ row and the field.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from rlvr.data import read_rows
 from rlvr.types import Task
 
 #: The FlashRAG collection on the Hugging Face hub: one folder per dataset, ``<split>.jsonl`` inside.
@@ -64,7 +64,7 @@ def load_qa(spec: str, *, split: str | None = None, data_dir: str | os.PathLike 
     if path.suffix in _FILE_SUFFIXES or path.is_file():
         if not path.is_file():
             raise FileNotFoundError(f"QA file {spec} does not exist")
-        return rows_to_tasks(_read_file(path), path.stem, str(path), limit)
+        return rows_to_tasks(read_rows(path), path.stem, str(path), limit)
     source = QA_DATASETS.get(spec)
     if source is None:
         known = ", ".join(QA_DATASETS)
@@ -72,7 +72,7 @@ def load_qa(spec: str, *, split: str | None = None, data_dir: str | os.PathLike 
     split = split or source.split
     local = find_local(spec, split, data_dir)
     if local is not None:
-        return rows_to_tasks(_read_file(local), spec, str(local), limit)
+        return rows_to_tasks(read_rows(local), spec, str(local), limit)
     if hub is False:
         raise FileNotFoundError(
             f"no local copy of {spec} ({split}) under {_data_dirs(data_dir)} and the hub is off; "
@@ -152,36 +152,6 @@ def find_local(name: str, split: str, data_dir=None) -> Path | None:
                 if p.is_file():
                     return p
     return None
-
-
-def _read_file(path: Path) -> list[Any]:
-    if path.suffix == ".parquet":
-        import datasets
-
-        try:
-            return list(datasets.Dataset.from_parquet(str(path)))
-        except Exception as e:
-            raise ValueError(f"{path}: not a readable parquet file ({e})") from None
-    if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
-        return data
-    # JSONL is parsed line by line rather than through Arrow: a bad line is then reported by its
-    # number, and rows whose golden_answers mix types do not break a schema inferred from the first.
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {n}: not valid JSON ({e.msg})") from None
-    return rows
 
 
 def _read_hub(source: QASource, split: str, name: str) -> tuple[list[Any], str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from rlvr.types import Task
 
@@ -48,7 +48,7 @@ def load_tasks(spec: str, limit: int = 0, seed: int = 0) -> list[Task]:
     if not path.exists():
         known = ", ".join(sorted(BUNDLED_TASKS))
         raise FileNotFoundError(f"task source {spec!r} is neither a file nor a bundled task ({known})")
-    rows = _read_rows(path)
+    rows = read_rows(path)
     tasks = []
     for i, row in enumerate(rows):
         if limit and len(tasks) >= limit:
@@ -57,18 +57,27 @@ def load_tasks(spec: str, limit: int = 0, seed: int = 0) -> list[Task]:
     return tasks
 
 
-def _read_rows(path: Path) -> list[dict]:
+def read_rows(path: Path) -> list[Any]:
+    """The rows of a .jsonl, .json (a list) or .parquet file; a bad line is named by its number."""
     if path.suffix == ".parquet":
         import datasets
 
-        return list(datasets.load_dataset("parquet", data_files=str(path), split="train"))
+        try:
+            return list(datasets.Dataset.from_parquet(str(path)))
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable parquet file ({e})") from None
     if path.suffix == ".json":
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
         if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of rows")
+            raise ValueError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
         return data
+    # JSONL is parsed line by line rather than through Arrow: a bad line is then reported by its
+    # number, and rows whose golden_answers mix types do not break a schema inferred from the first.
     rows = []
-    with path.open() as f:
+    with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
