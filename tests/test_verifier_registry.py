@@ -136,3 +136,18 @@ def test_in_process_batch_and_item_errors():
         == [1.0, 0.0]
     with pytest.raises(ValueError, match="item 1"):
         verify_batch("qa_em", [("a", "b"), 42], workers=0)
+
+
+def test_rlvr_verify_passes_info_and_names_bad_info(capsys):
+    import json
+
+    from rlvr.cli import main
+
+    # qa_em reads the last <answer>; info can ask it to score plain text instead
+    assert main(["verify", "qa_em", "--completion", "Paris", "--answer", "paris"]) == 0
+    assert json.loads(capsys.readouterr().out)["reward"] == 0.0
+    assert main(["verify", "qa_em", "--completion", "Paris", "--answer", "paris",
+                 "--info", '{"require_answer_tag": false}']) == 0
+    assert json.loads(capsys.readouterr().out)["reward"] == 1.0
+    assert main(["verify", "qa_em", "--completion", "x", "--answer", "x", "--info", "[1]"]) == 2
+    assert "--info: expected a JSON object" in capsys.readouterr().err
