@@ -77,6 +77,15 @@ def build_root(cfg, program, report):
     base = cfg["root_dir"]
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount propagates to the host
     mount("rlvr-root", base, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    # the private /tmp and /sandbox first: a bind below /tmp (a virtual environment there) then
+    # lands inside the private /tmp instead of being hidden by it
+    mb = int(cfg["tmpfs_mb"])
+    uid = cfg.get("uid") or 0
+    for d in ("/tmp", "/sandbox"):
+        os.makedirs(base + d, exist_ok=True)
+        mode = "1777" if d == "/tmp" else "0755"
+        mount("rlvr-" + d[1:], base + d, "tmpfs", MS_NOSUID | MS_NODEV,
+              f"size={mb}m,mode={mode},uid={uid},gid={uid}")
     for src in cfg["binds"]:
         if not os.path.exists(src):
             continue
@@ -92,13 +101,6 @@ def build_root(cfg, program, report):
     for dev in ("null", "zero", "urandom", "random"):
         open(base + "/dev/" + dev, "w").close()
         mount("/dev/" + dev, base + "/dev/" + dev, None, MS_BIND)
-    mb = int(cfg["tmpfs_mb"])
-    uid = cfg.get("uid") or 0
-    for d in ("/tmp", "/sandbox"):
-        os.makedirs(base + d, exist_ok=True)
-        mode = "1777" if d == "/tmp" else "0755"
-        mount("rlvr-" + d[1:], base + d, "tmpfs", MS_NOSUID | MS_NODEV,
-              f"size={mb}m,mode={mode},uid={uid},gid={uid}")
     with open(base + "/sandbox/main.py", "wb") as f:
         f.write(program)
     os.chown(base + "/sandbox/main.py", uid, uid)

@@ -41,7 +41,9 @@ def command(backend, scratch: str, status_fd: int, tmpfs_mb: int = 64) -> list[s
     else:  # every namespace but the user one, which would leave the private uid unmapped
         argv += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
                  "--unshare-cgroup-try"]
-    made = set()
+    # the private /tmp first: a bind below /tmp (a virtual environment there) then stays visible
+    argv += ["--dev", "/dev", "--perms", "1777", "--size", str(tmpfs_mb << 20), "--tmpfs", "/tmp"]
+    made = {"/tmp"}
     for path in backend.binds:
         if not os.path.exists(path):
             continue
@@ -54,8 +56,7 @@ def command(backend, scratch: str, status_fd: int, tmpfs_mb: int = 64) -> list[s
             argv += ["--perms", "0755", "--dir", a]
             made.add(a)
         argv += ["--ro-bind", path, path]
-    argv += ["--dev", "/dev", "--perms", "1777", "--size", str(tmpfs_mb << 20), "--tmpfs", "/tmp",
-             "--bind", scratch, "/sandbox", "--chdir", "/sandbox"]
+    argv += ["--bind", scratch, "/sandbox", "--chdir", "/sandbox"]
     from rlvr.verifiers.sandbox.local import LAUNCHER
 
     # a virtual environment's python is a symlink out of it; unless site-packages are wanted (and
