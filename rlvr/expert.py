@@ -12,8 +12,8 @@ The expert has three habits, mixed by :class:`ExpertConfig`:
 - ``good``: searches the subject's full name (and, for a two-hop question, then the place the first
   passage names) and answers with what the passages say;
 - ``guess``: answers at once, without searching, with a random entity of the right kind;
-- ``bad``: searches an under-specified query (only the first name, which many people share), then
-  answers with what the top passage says about whoever it is about — usually someone else.
+- ``bad``: searches an under-specified query (only the first or last name), then answers with what
+  the top passage says about whoever it is about — usually someone else.
 
 With good demonstrations in the minority, a policy cloned from them can use the tool but does not yet
 know when it pays; reinforcement learning with the exact-match reward has to find that out.
@@ -78,7 +78,7 @@ def plan_first_turn(world: World, task: Task, behaviour: str, rng: random.Random
     if behaviour == "guess":
         return f"<answer> {rng.choice(world.answer_pool(qtype))} </answer>"
     if behaviour == "bad":
-        return f"<search> {subject.split()[0]} </search>"
+        return f"<search> {rng.choice(subject.split())} </search>"
     raise ValueError(f"expert behaviour {behaviour!r} unknown; known: {', '.join(BEHAVIOURS)}")
 
 
