@@ -13,7 +13,6 @@ their own small task files.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 
@@ -44,26 +43,13 @@ def _resolve_data_paths(cfg, config_path: Path) -> None:
 
 def run(args) -> int:
     from rlvr.cli import DEFAULT_JOB
-
-    overrides = list(getattr(args, "overrides", []) or [])
-    if args.config in (None, DEFAULT_JOB):
-        try:
-            from rlvr.pipeline import run_default
-        except ModuleNotFoundError as e:
-            if e.name != "rlvr.pipeline":
-                raise
-            print("rlvr train: the default job (rlvr.pipeline) is not part of this build; give a "
-                  "config, e.g. `rlvr train grpo_calculator` (see `rlvr list`)", file=sys.stderr)
-            return 2
-        return int(run_default(args.output_dir, overrides, args.no_mask, resume=args.resume) or 0)
-
     from rlvr.config import dump_config, load_config, resolve_config_path
-    from rlvr.pipeline import is_job_recipe, run_default
-
+    from rlvr.pipeline import RECIPE, is_job_recipe, run_default
     from rlvr.registry import ALGORITHMS
 
-    path = resolve_config_path(args.config)
-    if is_job_recipe(path):  # e.g. `rlvr train search_world`, or an edited copy of it
+    overrides = list(getattr(args, "overrides", []) or [])
+    path = RECIPE if args.config in (None, DEFAULT_JOB) else resolve_config_path(args.config)
+    if is_job_recipe(path):  # the default job, `rlvr train search_world`, or an edited copy
         return int(run_default(args.output_dir, overrides, args.no_mask, resume=args.resume,
                                recipe=path) or 0)
     if args.output_dir:
