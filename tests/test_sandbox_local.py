@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 
@@ -141,6 +142,43 @@ def test_bwrap_isolation_runs():
     b.close()
     assert r.status == "ok" and r.stdout == "hi\nno net\nTrue\n", r
     assert r.info["layers"]["bwrap"] and r.info["layers"]["uid_drop"] == (os.geteuid() == 0)
+
+
+def test_links_only_where_the_target_is_bound(tmp_path):
+    real = tmp_path / "real"
+    (real / "bin").mkdir(parents=True)
+    (tmp_path / "inside").symlink_to(real / "bin")  # resolves into a bound directory
+    (tmp_path / "outside").symlink_to("/etc")  # resolves outside every bind: must stay a bind
+    (tmp_path / "parent").symlink_to(real)  # another bind lies under it: must stay a bind
+    binds = [str(real), str(tmp_path / "inside"), str(tmp_path / "outside"),
+             str(tmp_path / "parent"), str(tmp_path / "parent" / "bin")]
+    assert local_mod._links(binds) == {str(tmp_path / "inside"): "real/bin"}
+
+
+@pytest.mark.parametrize("isolation", ["auto", "bwrap"])
+def test_linked_bind_is_read_only_and_resolves(tmp_path, isolation):
+    if isolation == "bwrap" and not shutil.which("bwrap"):
+        pytest.skip("bubblewrap not installed")
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "data.txt").write_text("seen")
+    (tmp_path / "ln").symlink_to(real)
+    tmp_path.chmod(0o755)  # traversable by the program's private uid
+    b = LocalBackend(isolation, extra_binds=(str(real), str(tmp_path / "ln")))
+    assert b.links[str(tmp_path / "ln")] == "real"
+    prog = (f"import os\nln = {str(tmp_path / 'ln')!r}\nprint(os.readlink(ln))\n"
+            "print(open(ln + '/data.txt').read())\n"
+            "for act in (lambda: open(ln + '/new', 'w'), lambda: os.unlink(ln)):\n"
+            "    try:\n        act()\n        print('changed')\n"
+            "    except OSError as e:\n        print(e.strerror)\n")
+    r = b.run(prog)
+    b.close()
+    # writing through the link hits the read-only bind; removing the link itself is refused too
+    # (its directory belongs to root inside the sandbox)
+    out = r.stdout.splitlines()
+    assert out[:3] == ["real", "seen", "Read-only file system"], r
+    assert out[3] in ("Read-only file system", "Permission denied"), r
+    assert (real / "data.txt").read_text() == "seen" and (tmp_path / "ln").is_symlink()
 
 
 def test_zygote_restarts_after_dying(sbx):

@@ -44,6 +44,7 @@ def command(backend, scratch: str, status_fd: int, tmpfs_mb: int = 64) -> list[s
     # the private /tmp first: a bind below /tmp (a virtual environment there) then stays visible
     argv += ["--dev", "/dev", "--perms", "1777", "--size", str(tmpfs_mb << 20), "--tmpfs", "/tmp"]
     made = {"/tmp"}
+    links = getattr(backend, "links", {})  # merged-/usr links, see local._links
     for path in backend.binds:
         if not os.path.exists(path):
             continue
@@ -55,7 +56,7 @@ def command(backend, scratch: str, status_fd: int, tmpfs_mb: int = 64) -> list[s
         for a in reversed(ancestors):  # traversable by the program's uid (/root is 0700 outside)
             argv += ["--perms", "0755", "--dir", a]
             made.add(a)
-        argv += ["--ro-bind", path, path]
+        argv += ["--symlink", links[path], path] if path in links else ["--ro-bind", path, path]
     argv += ["--bind", scratch, "/sandbox", "--chdir", "/sandbox"]
     from rlvr.verifiers.sandbox.local import LAUNCHER
 

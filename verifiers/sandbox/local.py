@@ -57,6 +57,25 @@ def _default_binds(python: str) -> list[str]:
     return binds
 
 
+def _links(binds: list[str]) -> dict[str, str]:
+    """Bind paths that may be recreated as symlinks: path → link target relative to ``/``.
+
+    On merged-/usr systems ``/bin``, ``/lib``, ``/lib64`` and ``/sbin`` are symlinks into ``/usr``.
+    Binding each (which follows the link) shows ``/usr``'s directories twice and costs two mount
+    calls per run apiece; the same link inside the sandbox shows the same read-only files. Only a
+    link whose resolved target lies in another bound real directory qualifies (anything else would
+    dangle inside), and only when no other bind lies under it (it is made before the binds)."""
+    real_dirs = [b for b in binds if os.path.isdir(b) and not os.path.islink(b)]
+    links = {}
+    for path in binds:
+        if not os.path.islink(path) or any(b.startswith(path + "/") for b in binds):
+            continue
+        target = os.path.realpath(path)
+        if any(target == d or target.startswith(d + "/") for d in real_dirs):
+            links[path] = os.path.relpath(target, os.path.dirname(path))
+    return links
+
+
 class LocalBackend:
     """Runs each program in a fresh process under namespaces, a private uid and rlimits.
 
@@ -84,6 +103,7 @@ class LocalBackend:
         self.binds = _default_binds(self.python) + list(extra_binds)
         if site_packages and sys.prefix != sys.base_prefix:
             self.binds.append(os.path.realpath(sys.prefix))
+        self.links = _links(self.binds)
         if isolation == "bwrap":
             from rlvr.verifiers.sandbox import bwrap
 
@@ -170,7 +190,8 @@ class LocalBackend:
         cfg = {"scratch": scratch, "program": prog_path, "stdin": stdin_path,
                "limits": lim, "namespaces": self.isolation == "auto", "tmpfs_mb": limits.tmpfs_mb,
                "uid_base": self.uid_base,
-               "root_dir": os.path.join(scratch, "root"), "binds": self.binds,
+               "root_dir": os.path.join(scratch, "root"), "binds": [b for b in self.binds if b not in self.links],
+               "links": self.links,
                "site_packages": self.site_packages, "wall_s": int(math.ceil(timeout_s))}
         os.mkdir(cfg["root_dir"])
         cfg_path = os.path.join(scratch, "config.bin")
