@@ -15,7 +15,8 @@ passage that happens to contain ``<answer>`` can never be scored); other verifie
 bonus) join through ``verifiers`` weights.
 
 ``search_direct`` answers without retrieval; ``search_rag`` retrieves once with the question and puts
-the passages in the prompt. Both end at ``</answer>`` after one turn.
+the passages in the prompt (the questions of a whole batch go to the index as one call,
+:meth:`RagEnv.reset_batch`). Both end at ``</answer>`` after one turn.
 
 Deliberate deviations from Search-R1: an empty ``<search></search>`` is an invalid action (Search-R1
 sends the empty query to the retriever); a query is cut at :data:`MAX_QUERY_CHARS` characters.
@@ -322,15 +323,35 @@ class RagEnv(DirectEnv):
                                            type(self).__name__)
 
     def reset(self, task: Task) -> str | list[dict[str, str]]:
-        self.task = task
-        if not isinstance(task.prompt, str):
-            raise ValueError(f"task {task.id}: search_rag needs the question as text")
-        self.searches = 1
-        try:
-            (hits,) = self.retriever.search([self.question(task)], int(self.topk))
-            passages = format_hits(hits).strip()
-        except Exception as e:  # answer without documents rather than lose the example
-            log.warning("retrieval failed for task %s: %s", task.id, e)
-            self.retrieval_errors = 1
-            passages = f"(retrieval failed: {type(e).__name__})"
-        return self.fill(task, passages=passages + "\n")
+        return type(self).reset_batch([self], [task])[0]
+
+    @classmethod
+    def reset_batch(cls, envs: list["RagEnv"], tasks: list[Task]) -> list:
+        """All questions of a batch go to each retriever as one call, each distinct question once
+        (the samples of one prompt share it). A failed call leaves its episodes a prompt without
+        documents, counted in ``retrieval_errors``, rather than losing the examples."""
+        for task in tasks:
+            if not isinstance(task.prompt, str):
+                raise ValueError(f"task {task.id}: search_rag needs the question as text")
+        passages: list[str] = [""] * len(envs)
+        pending: dict[tuple[int, int], list[int]] = {}  # (retriever, k) → episode indices
+        for i, (env, task) in enumerate(zip(envs, tasks)):
+            env.task = task
+            env.searches = 1
+            pending.setdefault((id(env.retriever), int(env.topk)), []).append(i)
+        for (_, k), idx in pending.items():
+            asked = [envs[i].question(tasks[i]) for i in idx]
+            questions = list(dict.fromkeys(asked))
+            try:
+                hits = envs[idx[0]].retriever.search(questions, k)
+                if len(hits) != len(questions):
+                    raise RuntimeError(f"{len(hits)} results for {len(questions)} queries")
+                found = {q: format_hits(h).strip() for q, h in zip(questions, hits)}
+            except Exception as e:
+                log.warning("retrieval failed for %d questions: %s", len(questions), e)
+                found = {q: f"(retrieval failed: {type(e).__name__})" for q in questions}
+                for i in idx:
+                    envs[i].retrieval_errors = 1
+            for i, q in zip(idx, asked):
+                passages[i] = found[q]
+        return [env.fill(task, passages=p + "\n") for env, task, p in zip(envs, tasks, passages)]

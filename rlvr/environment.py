@@ -60,6 +60,14 @@ class Environment:
                     {"role": "user", "content": task.prompt}]
         return task.prompt
 
+    @classmethod
+    def reset_batch(cls, envs: list["Environment"], tasks: list[Task]) -> list:
+        """Start several episodes together: one prompt per (environment, task), in order. Override
+        to batch what each reset needs (one retrieval request for all questions of a batch); the
+        default resets each episode in turn. When it raises, the loop resets each episode on its
+        own, so a bad task fails only its episode."""
+        return [env.reset(task) for env, task in zip(envs, tasks)]
+
     def step(self, action: str) -> StepResult:
         """React to one turn of policy text. Default: single-turn, done after the first action."""
         return StepResult(done=True)

@@ -1,6 +1,7 @@
 """The episode loop: batched, multi-turn, token-exact rollouts.
 
-All episodes of a batch (``samples_per_prompt`` per task) generate together. A turn ends at a stop
+All episodes of a batch (``samples_per_prompt`` per task) start together (each environment class's
+``reset_batch`` gets all of its episodes at once) and generate together. A turn ends at a stop
 string of the environment or EOS; the environment's ``step`` answers, its observation is tokenised
 once and appended with ``loss_mask = 0`` (``Trajectory.append_observation``), and generation goes on
 from the token sequence as it stands — prompts are rendered with the chat template once and never
@@ -101,6 +102,7 @@ def collect(engine, tokenizer, env_factory: Callable[[], Environment], tasks: li
     """Run ``samples_per_prompt`` episodes per task; return trajectories with rewards, grouped."""
     episodes: list[_Episode] = []
     stops: list[str] | None = None
+    starts: list[tuple[Environment, Task, str]] = []
     for task in tasks:
         group_id = uuid.uuid4().hex  # unique per prompt instance, across datasets and steps
         for _ in range(samples_per_prompt):
@@ -108,18 +110,23 @@ def collect(engine, tokenizer, env_factory: Callable[[], Environment], tasks: li
             if stops is None:
                 stops = list(env.stop_strings)
                 check_stop_strings(tokenizer, stops, type(env).__name__)
-            try:
-                ids = render_prompt(tokenizer, env.reset(task), task.id)
-                if len(ids) >= cfg.max_total_tokens:
-                    raise ValueError(f"task {task.id}: the prompt has {len(ids)} tokens, not below "
-                                     f"rollout.max_total_tokens = {cfg.max_total_tokens}")
-                traj = Trajectory.from_prompt(ids, group_id=group_id, task_id=task.id)
-                episodes.append(_Episode(env, task, traj))
-            except Exception as e:
-                traj = Trajectory.from_prompt([], group_id=group_id, task_id=task.id)
-                ep = _Episode(env, task, traj)
-                _fail(ep, f"reset failed: {type(e).__name__}: {e}")
-                episodes.append(ep)
+            starts.append((env, task, group_id))
+    prompts = _reset_all([(env, task) for env, task, _ in starts])
+    for (env, task, group_id), prompt in zip(starts, prompts):
+        try:
+            if isinstance(prompt, Exception):
+                raise prompt
+            ids = render_prompt(tokenizer, prompt, task.id)
+            if len(ids) >= cfg.max_total_tokens:
+                raise ValueError(f"task {task.id}: the prompt has {len(ids)} tokens, not below "
+                                 f"rollout.max_total_tokens = {cfg.max_total_tokens}")
+            traj = Trajectory.from_prompt(ids, group_id=group_id, task_id=task.id)
+            episodes.append(_Episode(env, task, traj))
+        except Exception as e:
+            traj = Trajectory.from_prompt([], group_id=group_id, task_id=task.id)
+            ep = _Episode(env, task, traj)
+            _fail(ep, f"reset failed: {type(e).__name__}: {e}")
+            episodes.append(ep)
 
     turn = 0
     while True:
@@ -164,6 +171,31 @@ def collect(engine, tokenizer, env_factory: Callable[[], Environment], tasks: li
     for ep in episodes:
         _score(ep, tokenizer)
     return [ep.traj for ep in episodes]
+
+
+def _reset_all(starts: list[tuple[Environment, Task]]) -> list:
+    """Every episode's prompt (or the exception its reset raised), batched by environment class
+    through ``reset_batch`` as :func:`_step_all` batches turns."""
+    prompts: list = [None] * len(starts)
+    by_cls: dict[type, list[int]] = {}
+    for i, (env, _) in enumerate(starts):
+        by_cls.setdefault(type(env), []).append(i)
+    for cls, idx in by_cls.items():
+        try:
+            got = cls.reset_batch([starts[i][0] for i in idx], [starts[i][1] for i in idx])
+            if len(got) != len(idx):
+                raise RuntimeError(f"reset_batch returned {len(got)} prompts for {len(idx)} tasks")
+        except Exception:  # isolate the failure to the episodes that cause it
+            got = []
+            for i in idx:
+                env, task = starts[i]
+                try:
+                    got.append(env.reset(task))
+                except Exception as e:
+                    got.append(e)
+        for i, prompt in zip(idx, got):
+            prompts[i] = prompt
+    return prompts
 
 
 def _step_all(stepping: list[tuple[_Episode, str]], tokenizer, cfg) -> None:

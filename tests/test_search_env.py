@@ -230,8 +230,7 @@ def test_direct_and_rag_baselines(tiny_tokenizer):
     index = FakeIndex()
     rag = make_env_factory(EnvConfig(name="search_rag", settings={"index": index, "topk": 1}))
     trajs = run(tok, lambda ctx: "<answer> Paris </answer>", TASKS[:2], rag)
-    assert [c[0] for c in index.calls] == [["What is the capital of France?"],
-                                           ["What is the capital of Japan?"]]
+    assert index.calls == [(["What is the capital of France?", "What is the capital of Japan?"], 1)]
     prompt = tok.decode(trajs[0].token_ids[:trajs[0].prompt_len])
     assert 'Doc 1(Title: "Paris") Paris is the capital of France.' in prompt
     assert trajs[0].info["searches"] == 1
@@ -240,6 +239,42 @@ def test_direct_and_rag_baselines(tiny_tokenizer):
     assert "retrieval failed" in env.reset(TASKS[0])[0]["content"]
     assert env.metrics()["retrieval_errors"] == 1
     assert DirectEnv().step("nothing</answer>").done
+
+
+def test_rag_retrieves_for_the_whole_batch_in_one_call(tiny_tokenizer):
+    tok = tiny_tokenizer
+    index = FakeIndex()
+    rag = make_env_factory(EnvConfig(name="search_rag", settings={"index": index, "topk": 2}))
+    cfg = RolloutConfig(max_turns=1, max_new_tokens=16, max_total_tokens=1024)
+    # 3 tasks x 2 samples = 6 episodes: one call, each distinct question once
+    trajs = collect(ScriptedEngine(tok, lambda ctx: "<answer> Paris </answer>"), tok, rag, TASKS,
+                    samples_per_prompt=2, cfg=cfg, greedy=True)
+    assert index.calls == [(["What is the capital of France?", "What is the capital of Japan?",
+                             "Which city is the capital of France?"], 2)]
+    cities = ["Paris", "Paris", "Tokyo", "Tokyo", "Paris", "Paris"]
+    for tr, city in zip(trajs, cities):
+        prompt = tok.decode(tr.token_ids[:tr.prompt_len])
+        assert f'Doc 1(Title: "{city}") {city} is the capital' in prompt, prompt
+        assert tr.info["searches"] == 1 and tr.info["retrieval_errors"] == 0 and tr.error is None
+
+    # a failed call: every episode of the batch gets a prompt without documents, counted
+    failing = FakeIndex(fail=True)
+    rag = make_env_factory(EnvConfig(name="search_rag", settings={"index": failing}))
+    trajs = collect(ScriptedEngine(tok, lambda ctx: "<answer> Paris </answer>"), tok, rag,
+                    TASKS[:2], samples_per_prompt=1, cfg=cfg, greedy=True)
+    assert len(failing.calls) == 1
+    assert all(tr.info["retrieval_errors"] == 1 and tr.error is None for tr in trajs)
+    assert "(retrieval failed: RetrievalError)" in tok.decode(trajs[0].token_ids[:trajs[0].prompt_len])
+
+    # a task the batch cannot take (chat messages) fails alone; the others still get passages
+    index = FakeIndex()
+    rag = make_env_factory(EnvConfig(name="search_rag", settings={"index": index, "topk": 1}))
+    odd = Task([{"role": "user", "content": "capital of France?"}], ["Paris"], id="q:chat")
+    trajs = collect(ScriptedEngine(tok, lambda ctx: "<answer> Paris </answer>"), tok, rag,
+                    [TASKS[0], odd, TASKS[1]], samples_per_prompt=1, cfg=cfg, greedy=True)
+    assert trajs[1].finish_reason == "error" and "needs the question as text" in trajs[1].error
+    assert trajs[0].error is None and trajs[2].error is None
+    assert "Tokyo is the capital" in tok.decode(trajs[2].token_ids[:trajs[2].prompt_len])
 
 
 def test_search_through_a_retrieval_server_and_a_dead_one(tiny_tokenizer):
