@@ -89,7 +89,10 @@ def make_record(task: Task, traj: Trajectory, tokenizer, dataset: str) -> dict:
         "golden_answers": golds, "prediction": extract_prediction(completion), **scores,
         "reward": traj.reward, "finish_reason": traj.finish_reason, "truncated": traj.truncated,
         "error": traj.error, "turns": len(traj.turns),
-        "searches": sum(1 for c in traj.tool_calls if c.name == "search"),
+        # the environment's own count where it keeps one (search_rag retrieves in the prompt,
+        # with no tool call); else the search tool calls
+        "searches": int(traj.info.get("searches",
+                                      sum(1 for c in traj.tool_calls if c.name == "search"))),
         "metrics": traj.info, "prompt": prompt, "trajectory": completion,
     }
 

@@ -180,3 +180,55 @@ def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     # a retrieving environment without an index is a clear usage error
     assert main(["eval", "--model", str(model_dir), "--data", str(data)]) == 2
     assert "--index DIR or --retriever URL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("env, where", [("search_rag", "index"), ("search_rag", "retriever"),
+                                        ("search", "retriever")])
+def test_cli_retrieving_envs_with_an_index_or_a_server(tmp_path, env, where):
+    from rlvr.cli import main
+    from rlvr.models import save_tiny
+    from rlvr.retrieval.bm25 import BM25Index
+    from rlvr.retrieval.server import running_server
+
+    model_dir = save_tiny(tmp_path / "model", hidden_size=32, num_layers=1)
+    index = BM25Index.build([Passage.from_title_text(f"p{i}", t, x) for i, (t, x) in enumerate([
+        ("Paris", "Paris is the capital of France."), ("Tokyo", "Tokyo is the capital of Japan."),
+        ("Hamlet", "Hamlet is a play by William Shakespeare.")])])
+    index.save(tmp_path / "index")
+    files = {"alpha": [("capital of France?", ["Paris"]), ("capital of Japan?", ["Tokyo"])],
+             "beta": [("who wrote Hamlet?", ["Shakespeare"])]}
+    for name, rows in files.items():
+        (tmp_path / f"{name}.jsonl").write_text("".join(
+            json.dumps({"question": q, "golden_answers": a}) + "\n" for q, a in rows))
+    out = tmp_path / "out"
+    argv = ["eval", "--model", str(model_dir), "--env", env, "--data",
+            f"{tmp_path / 'alpha.jsonl'},{tmp_path / 'beta.jsonl'}", "--topk", "1",
+            "--output-dir", str(out), "--max-new-tokens", "8", "--max-total-tokens", "512",
+            "--max-turns", "2", "--batch-size", "2", "--device", "cpu", "--no-progress"]
+    if where == "index":
+        assert main(argv + ["--index", str(tmp_path / "index")]) == 0
+    else:
+        with running_server(index) as base:
+            assert main(argv + ["--retriever", f"{base}/retrieve"]) == 0
+
+    report = json.loads((out / "report.json").read_text())
+    keys = {"n", "em", "f1", "cover_em", "answered", "searches"}
+    assert set(report["datasets"]) == {"alpha", "beta"}
+    assert all(set(m) == keys for m in report["datasets"].values()) and set(report["average"]) == keys
+    assert [report["datasets"][d]["n"] for d in ("alpha", "beta")] == [2, 1]
+    assert report["env"] == env and report["num_examples"] == 3
+    setting = "index_dir" if where == "index" else "retriever_url"
+    assert list(report["settings"]) == [setting, "topk"]
+    recs = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["dataset"]) for r in recs] == [("alpha:0", "alpha"), ("alpha:1", "alpha"),
+                                                        ("beta:0", "beta")]
+    assert all({"prediction", "golden_answers", "em", "f1", "cover_em", "searches", "prompt",
+                "trajectory"} <= set(r) for r in recs)
+    assert all(r["error"] is None for r in recs), [r["error"] for r in recs]
+    # the report's numbers are the means of the saved per-example scores
+    assert report["datasets"]["alpha"]["em"] == pytest.approx((recs[0]["em"] + recs[1]["em"]) / 2)
+    if env == "search_rag":  # the passages came from the index or through the server
+        assert 'Doc 1(Title: "Paris") Paris is the capital of France.' in recs[0]["prompt"]
+        assert 'Doc 1(Title: "Hamlet")' in recs[2]["prompt"] and "<information>" not in recs[2]["prompt"]
+        assert [r["searches"] for r in recs] == [1, 1, 1] and report["average"]["searches"] == 1.0
+        assert all(r["metrics"]["retrieval_errors"] == 0 for r in recs)
