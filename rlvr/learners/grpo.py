@@ -13,7 +13,8 @@ Settings where published implementations disagree (defaults first):
 - KL: a β-weighted loss term with the k3 estimator (the paper) unless ``rl.kl_in_reward``;
   ``rl.kl_coef = 0`` (DAPO, Dr. GRPO) keeps no reference model at all.
 - ``rl.filter_zero_variance``: drop groups whose rewards are all equal before the update (DAPO's
-  dynamic sampling without re-sampling); their share is logged either way.
+  dynamic sampling without re-sampling); their share (``rollout/zero_variance_groups``) is logged
+  either way, the dropped groups as ``train/groups_dropped``.
 Deviation: the behaviour logprobs come from the sampling engine rather than a recomputation pass;
 on CPU the engine shares the training model, so they are the same numbers up to float rounding.
 """
@@ -67,6 +68,7 @@ def train(cfg, model=None, tokenizer=None, tasks=None, eval_fn=None, logger=None
         metrics = common.step_metrics(trajs, cfg, times, t_step)
         metrics.update(stats)
         metrics["train/trajectories_used"] = len(keep)
+        metrics["train/groups_dropped"] = (len(trajs) - len(keep)) // G
         common.log_and_checkpoint(s, step, metrics, eval_fn)
         history.append(metrics)
     return common.finish(s, history)
