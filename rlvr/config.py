@@ -129,9 +129,10 @@ class RLConfig:
     mask_observations: bool = True
     """Keep environment tokens out of the loss (Search-R1). False is the ablation ``--no-mask``."""
     reward_model: Optional[str] = None
-    """Path of a trained reward model whose normalised score is added to the verifiers' reward."""
+    """Older spelling of ``reward.rm: {model: PATH}``: a trained reward model whose normalised score
+    is added to the verifiers' reward (logged as ``reward/model:rm``)."""
     reward_model_weight: float = 1.0
-    """Weight of the reward model's score in the total reward."""
+    """Weight of ``rl.reward_model``'s score in the total reward."""
     kl_target: Optional[float] = None
     """Adaptive KL coefficient (Ziegler et al. 2019): the KL per token to steer towards; None keeps
     ``kl_coef`` fixed."""
@@ -223,6 +224,11 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
+    reward: Any = None
+    """The reward in one place: verifier name → weight beside reward models, e.g.
+    ``{qa_em: 1.0, rm: {model: runs/rm_tiny/final, weight: 0.5}}``, or ``model PATH`` for one reward
+    model (see :mod:`rlvr.rewards`). Merges with ``env.verifiers`` and ``rl.reward_model``; None =
+    the environment's verifiers."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     rl: RLConfig = field(default_factory=RLConfig)
@@ -246,6 +252,9 @@ class TrainConfig:
                              f"seq-mean-token-mean or seq-mean-token-sum-norm")
         if self.rollout.max_new_tokens >= self.rollout.max_total_tokens:
             raise ValueError("rollout.max_new_tokens must be below rollout.max_total_tokens")
+        from rlvr.rewards import reward_spec
+
+        reward_spec(self, check=False)  # shapes and duplicates now; names and paths at setup
         return self
 
 
@@ -295,6 +304,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             for key, value in raw.items():
                 OmegaConf.update(nested, str(key), value, force_add=True)
             cfg = OmegaConf.merge(cfg, nested)
+            if isinstance(OmegaConf.select(cfg, "reward", default=None), str):
+                from rlvr.rewards import reward_as_mapping  # so --reward.NAME entries add to it
+
+                cfg.reward = reward_as_mapping(cfg.reward)
         if overrides:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(_parse_cli_overrides(overrides)))
     except OmegaConfBaseException as e:

@@ -50,10 +50,7 @@ def load_reward_model(path: str | Path, device: str | None = None):
 
     from rlvr.models import pick_device
 
-    p = Path(path)
-    if not (p / "config.json").exists():
-        raise FileNotFoundError(f"reward model {str(path)!r} is not a saved model directory (no "
-                                f"config.json); train one with `rlvr train rm_tiny` or give its path")
+    p = check_reward_model_dir(path)
     tokenizer = AutoTokenizer.from_pretrained(p)
     model = AutoModelForSequenceClassification.from_pretrained(p)
     if getattr(model.config, "num_labels", 1) != 1:
@@ -63,6 +60,25 @@ def load_reward_model(path: str | Path, device: str | None = None):
     meta = json.loads((p / META_FILE).read_text()) if (p / META_FILE).exists() else {}
     model.to(device or pick_device()).eval()
     return model, tokenizer, meta
+
+
+def check_reward_model_dir(path: str | Path, field: str = "reward model") -> Path:
+    """``path`` as a Path if it looks like a saved reward model (without loading weights); else an
+    error that starts with ``field`` (the config key that named it). A saved causal LM (an SFT or
+    policy checkpoint) is refused here: its weights would load under a random scalar head."""
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        what = "does not exist" if not p.exists() else "is not a saved model directory (no config.json)"
+        raise FileNotFoundError(f"{field}: {str(path)!r} {what}; give the final/ directory of an "
+                                f"`rlvr train rm` run (e.g. runs/rm_tiny/final)")
+    try:
+        arch = json.loads((p / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{field}: {p / 'config.json'} could not be read: {e}") from None
+    if arch and not any(str(a).endswith("ForSequenceClassification") for a in arch):
+        raise ValueError(f"{field}: {str(path)!r} holds a {', '.join(map(str, arch))}, not a reward "
+                         f"model (a sequence classifier with one output, as `rlvr train rm` saves)")
+    return p
 
 
 def save_reward_model(model, tokenizer, path: str | Path, meta: dict[str, Any]) -> Path:

@@ -121,8 +121,10 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
     from rlvr.data import load_tasks
     from rlvr.hf_engine import HFEngine
     from rlvr.models import load_policy, pick_device
+    from rlvr.rewards import env_config
     from rlvr.rollout import make_env_factory
 
+    env_cfg = env_config(cfg)  # the reward's verifiers; a bad name or path fails before loading
     seed_everything(cfg.run.seed)
     device = pick_device(cfg.run.device)
     if model is None or tokenizer is None:
@@ -150,7 +152,7 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
     if not (out_dir / "config.yaml").exists() or not cfg.run.resume:
         dump_config(cfg, out_dir / "config.yaml")
     s = Session(cfg, model, tokenizer, ref_model, optimizer, scheduler, engine,
-                make_env_factory(cfg.env), PromptStream(tasks, cfg.run.seed, cfg.data.shuffle),
+                make_env_factory(env_cfg), PromptStream(tasks, cfg.run.seed, cfg.data.shuffle),
                 eval_tasks, logger, out_dir, device, own_logger=logger is None)
     ckpt = latest_checkpoint(out_dir) if cfg.run.resume else None
     if ckpt is not None:
