@@ -62,11 +62,18 @@ class Environment:
 
     @classmethod
     def reset_batch(cls, envs: list["Environment"], tasks: list[Task]) -> list:
-        """Start several episodes together: one prompt per (environment, task), in order. Override
-        to batch what each reset needs (one retrieval request for all questions of a batch); the
-        default resets each episode in turn. When it raises, the loop resets each episode on its
-        own, so a bad task fails only its episode."""
-        return [env.reset(task) for env, task in zip(envs, tasks)]
+        """Start several episodes together: one prompt per (environment, task), in order, or the
+        exception that episode's reset raised. Override to batch what each reset needs (one
+        retrieval request for all questions of a batch); the default resets each episode in turn.
+        An override that raises makes the loop reset each episode on its own, so a bad task fails
+        only its episode."""
+        prompts: list = []
+        for env, task in zip(envs, tasks):
+            try:
+                prompts.append(env.reset(task))
+            except Exception as e:
+                prompts.append(e)
+        return prompts
 
     def step(self, action: str) -> StepResult:
         """React to one turn of policy text. Default: single-turn, done after the first action."""

@@ -102,8 +102,10 @@ def test_group_ids(tiny_tokenizer):
 
 class Flaky(Environment):
     stop_strings = ["</calc>", "</answer>"]
+    resets: list[str] = []  # task ids, one per reset call
 
     def reset(self, task):
+        Flaky.resets.append(task.id)
         if task.info.get("bad_reset"):
             raise RuntimeError("corpus missing")
         return super().reset(task)
@@ -117,7 +119,10 @@ class Flaky(Environment):
 def test_failing_episode_is_recorded_not_fatal(tiny_tokenizer):
     tasks = [Task("ok", "x", id="t:0"), Task("bad", "x", {"bad_step": True}, id="t:1"),
              Task("bad", "x", {"bad_reset": True}, id="t:2")]
+    Flaky.resets.clear()
     trajs = run(tiny_tokenizer, calc_policy, tasks, env=Flaky)
+    # the default reset_batch resets each episode once, the failing one included
+    assert Flaky.resets == ["t:0", "t:1", "t:2"]
     assert trajs[0].finish_reason == "done" and trajs[0].reward == 1.0
     assert trajs[1].finish_reason == "error" and "tool crashed" in trajs[1].error
     assert trajs[2].finish_reason == "error" and "corpus missing" in trajs[2].error
