@@ -207,6 +207,11 @@ class _QAEnv(Environment):
                 "invalid_actions": float(self.invalid_actions),
                 "retrieval_errors": float(self.retrieval_errors), "answered": float(self.answered)}
 
+    @classmethod
+    def batch_metrics(cls, trajectories: list) -> dict[str, float]:
+        """:func:`search_metrics`, logged by the learners with every training step."""
+        return search_metrics(trajectories)
+
 
 def search_metrics(trajectories: list) -> dict[str, float]:
     """Per-batch numbers of the QA environments from each trajectory's ``info`` (the episodes'

@@ -213,6 +213,9 @@ class RunConfig:
     """auto | cpu | cuda."""
     log_tensorboard: bool = False
     """Also write TensorBoard event files."""
+    wandb_project: Optional[str] = None
+    """Also log every step to this Weights & Biases project (None = off; needs the ``wandb``
+    package, e.g. ``pip install 'rlvr[wandb]'``). The W&B run is named after ``output_dir``."""
     progress: bool = True
     """Show a progress bar."""
 

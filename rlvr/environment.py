@@ -5,7 +5,9 @@ then, each time the policy's turn ends (a stop string from ``stop_strings`` or E
 with the text the policy produced in that turn. ``step`` answers with an observation to append
 (tokenised once, ``loss_mask = 0``), whether the episode is done, and optionally a reward.
 When the episode ends without a reward from ``step``, the loop asks ``score(completion, task)``,
-which by default combines the verifiers named in ``verifiers`` (name → weight).
+which by default combines the verifiers named in ``verifiers`` (name → weight). Each episode's
+``metrics()`` land in its trajectory's ``info``; the class method ``batch_metrics(trajectories)``
+turns a rollout batch of them into the ``env/...`` numbers the learners log per step.
 
 A minimal environment (see ``rlvr.environments.calculator`` for a full one)::
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlvr.types import Score, Task, ToolCall
+from rlvr.types import Score, Task, ToolCall, Trajectory
 
 
 @dataclass
@@ -92,5 +94,13 @@ class Environment:
         return combine(self.verifiers, completion, task.answer, **task.info)
 
     def metrics(self) -> dict[str, float]:
-        """Per-episode numbers for logging (e.g. searches, invalid actions)."""
+        """Per-episode numbers for logging (e.g. searches, invalid actions); the episode loop
+        copies them into the trajectory's ``info``."""
+        return {}
+
+    @classmethod
+    def batch_metrics(cls, trajectories: list[Trajectory]) -> dict[str, float]:
+        """Numbers of one rollout batch of this environment (e.g. searches per trajectory, share
+        of valid actions), usually aggregated from the trajectories' ``info``. The on-policy
+        learners log them with each step under ``env/`` (the prefix is added where missing)."""
         return {}

@@ -63,7 +63,8 @@ def _fake_rollout(monkeypatch, make):
         trajs = make()
         lp = common.forward_logprobs(s, collate(trajs, s.tokenizer.pad_token_id))  # (N, T)
         for i, t in enumerate(trajs):
-            t.logprobs = [float(lp[i, j]) if m else x for j, (x, m) in enumerate(zip(t.logprobs, t.loss_mask))]
+            t.logprobs = [float(lp[i, j]) if m else x
+                          for j, (x, m) in enumerate(zip(t.logprobs, t.loss_mask))]
         return trajs, {"time/rollout": 0.0}
 
     monkeypatch.setattr(common, "rollout", rollout)
@@ -194,7 +195,8 @@ def test_bf16_training_on_cpu(tmp_path, tiny_tokenizer, monkeypatch, algorithm, 
     assert any(not torch.equal(a, b) for a, b in zip(loaded["before"], model.parameters()))
     final = report["final"]
     assert final["train/optimizer_steps"] == 1  # a non-finite gradient would have skipped it
-    for key in ("train/loss", "train/grad_norm", "train/entropy") + (("train/value_loss",) if algorithm == "ppo" else ()):
+    losses = ("train/loss", "train/grad_norm", "train/entropy")
+    for key in losses + (("train/value_loss",) if algorithm == "ppo" else ()):
         assert math.isfinite(final[key]), key
     assert final["train/grad_norm"] > 0
 
@@ -226,7 +228,8 @@ def _NonZeroHead(body):
     loss on masked tokens would have no gradient either and a leak could not show."""
     critic = ValueModel(body)
     with torch.no_grad():
-        critic.head.weight.copy_(torch.linspace(-1.0, 1.0, critic.head.weight.numel()).view_as(critic.head.weight))
+        w = critic.head.weight
+        w.copy_(torch.linspace(-1.0, 1.0, w.numel()).view_as(w))
         critic.head.bias.fill_(0.1)
     return critic
 

@@ -27,7 +27,7 @@ from rlvr.batch import Batch, collate, token_logprobs
 from rlvr.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlvr.config import TrainConfig, dump_config
 from rlvr.losses import aggregate, clipped_policy_loss, kl_estimator, kl_k3, reinforce_policy_loss
-from rlvr.metrics import MetricsLogger, rollout_metrics
+from rlvr.metrics import MetricsLogger, environment_metrics, rollout_metrics
 from rlvr.types import Task, Trajectory
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,8 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
     if s.logger is None:
         s.logger = MetricsLogger(out_dir, total_steps=cfg.run.steps, progress=cfg.run.progress,
                                  tensorboard=cfg.run.log_tensorboard,
-                                 resume_step=s.start_step if cfg.run.resume else None)
+                                 resume_step=s.start_step if cfg.run.resume else None,
+                                 wandb_project=cfg.run.wandb_project, wandb_config=cfg)
     return s
 
 
@@ -420,7 +421,11 @@ def adapt_kl_coef(s: Session, observed_kl: float, n_samples: int) -> float:
 
 
 def step_metrics(trajs: list[Trajectory], cfg: TrainConfig, times: dict, t_step: float) -> dict:
+    """Rollout statistics, the environment's own batch metrics (``env/...``) and phase timings."""
+    from rlvr.registry import ENVIRONMENTS
+
     out = rollout_metrics(trajs, cfg.rollout.samples_per_prompt)
+    out.update(environment_metrics(ENVIRONMENTS.get(cfg.env.name), trajs))
     out.update(times)
     out["time/step"] = time.perf_counter() - t_step
     return out

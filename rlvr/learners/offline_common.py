@@ -107,13 +107,14 @@ class _JsonlLogger:
 
 def open_logger(output_dir: str | Path, cfg, total_steps: int):
     """The project's :class:`rlvr.metrics.MetricsLogger` (``metrics.jsonl``, progress bar,
-    optional TensorBoard)."""
+    optional TensorBoard and Weights & Biases)."""
     try:
         from rlvr.metrics import MetricsLogger
     except ImportError:  # a build without the metrics module: plain metrics.jsonl
         return _JsonlLogger(output_dir)
     return MetricsLogger(output_dir, total_steps=total_steps, progress=cfg.run.progress,
-                         tensorboard=cfg.run.log_tensorboard)
+                         tensorboard=cfg.run.log_tensorboard,
+                         wandb_project=getattr(cfg.run, "wandb_project", None), wandb_config=cfg)
 
 
 def log_metrics(logger, step: int, metrics: dict[str, Any]) -> None:
