@@ -15,8 +15,11 @@ The expert has three habits, mixed by :class:`ExpertConfig`:
 - ``bad``: searches an under-specified query (only the first or last name), then answers with what
   the top passage says about whoever it is about — usually someone else.
 
-With good demonstrations in the minority, a policy cloned from them can use the tool but does not yet
-know when it pays; reinforcement learning with the exact-match reward has to find that out.
+With good demonstrations in the minority, a policy cloned from them does not yet know when the tool
+pays; reinforcement learning with the exact-match reward has to find that out. (The default job
+first trains on good demonstrations only, ``p_good = 1``, so that the policy has the skill to use
+the tool: copying a name into a query and an answer out of a passage is slow for a tiny model to
+learn from a minority of the data.)
 """
 
 from __future__ import annotations
@@ -36,9 +39,9 @@ _TOP_TITLE = re.compile(r'Doc 1\(Title: "?(.*?)"?\)')
 
 @dataclass
 class ExpertConfig:
-    p_good: float = 0.25
+    p_good: float = 0.3
     """Share of demonstrations that search well and answer from the passages."""
-    p_guess: float = 0.55
+    p_guess: float = 0.5
     """Share that answer at once with a random entity of the right kind (the rest search badly)."""
     demos_per_question: int = 2
     """Demonstrations per training question (each draws its habit independently)."""

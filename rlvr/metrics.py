@@ -205,23 +205,32 @@ def rollout_metrics(trajectories: Sequence[Trajectory], samples_per_prompt: int)
     return out
 
 
-def plot_metrics(metrics_jsonl: str | Path, out_png: str | Path, keys: Iterable[str] | None = None) -> Path:
-    """One panel per key against step (default: reward, KL, entropy, response length)."""
+def plot_metrics(metrics_jsonl: str | Path | dict[str, str | Path], out_png: str | Path,
+                 keys: Iterable[str] | None = None) -> Path:
+    """One panel per key against step (default: reward, KL, entropy, response length).
+
+    ``metrics_jsonl`` is one run's file, or ``{label: file}`` to draw several runs on the same
+    panels (a legend names them)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = read_metrics(metrics_jsonl)
+    runs = metrics_jsonl if isinstance(metrics_jsonl, dict) else {"": metrics_jsonl}
+    rows = {label: read_metrics(path) for label, path in runs.items()}
     keys = list(keys or ("reward/mean", "train/kl", "train/entropy", "rollout/response_len"))
-    keys = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in rows)] or keys[:1]
+    keys = [k for k in keys if any(isinstance(r.get(k), (int, float))
+                                   for rs in rows.values() for r in rs)] or keys[:1]
     fig, axes = plt.subplots(len(keys), 1, figsize=(6, 2.2 * len(keys)), squeeze=False)
     for ax, k in zip(axes[:, 0], keys):
-        pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
-        if pts:
-            ax.plot(*zip(*pts), marker=".")
+        for label, rs in rows.items():
+            pts = [(r["step"], r[k]) for r in rs if isinstance(r.get(k), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), marker=".", label=label or None)
         ax.set_ylabel(k)
         ax.grid(alpha=0.3)
+    if len(rows) > 1:
+        axes[0, 0].legend(fontsize=8)
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
     out = Path(out_png)

@@ -1,7 +1,10 @@
 """The embedded default job (``rlvr train`` with no config), reduced: a smaller world, fewer steps.
 
-It must run the whole recipe — world, tokenizer, index, expert demonstrations, SFT, GRPO with
-search, evaluation, report — and RL must raise the reward on the training prompts.
+It must run the whole recipe — world, tokenizer, index, expert demonstrations, the two SFT parts,
+GRPO with search and its unmasked ablation, evaluation, report — and RL must raise the reward on
+the training prompts. The reduced world asks one question type (birthplace) about 70 training
+people, so the careful SFT part learns to search and read within 150 steps; the expert's habits
+(70% guesses) then make the SFT policy guess, and RL has to bring the searching back.
 """
 
 import json
@@ -12,10 +15,10 @@ from rlvr.pipeline import format_report, load_job_config, run_job
 
 # A smaller world and shorter stages than the bundled recipe; the same mechanism.
 REDUCED = [
-    "--world.num_people", "150", "--world.num_cities", "16", "--world.num_countries", "5",
-    "--world.num_orgs", "10", "--world.dev_people", "10", "--world.test_people", "20",
-    "--world.vocab_size", "700",
-    "--sft.steps", "250",
+    "--world.num_people", "100", "--world.dev_people", "10", "--world.test_people", "20",
+    "--world.question_types", "[birthplace]", "--world.vocab_size", "700",
+    "--expert.p_good", "0.3", "--expert.p_guess", "0.7",
+    "--sft.skill_steps", "150", "--sft.steps", "40",
     "--run.steps", "12", "--run.eval_every", "6", "--run.progress", "false",
     "--eval.dev_limit", "20", "--eval.train_limit", "45",
 ]
@@ -39,26 +42,37 @@ def test_rl_raises_reward_on_training_prompts(reduced_run):
     rewards = [r["reward/mean"] for r in rows if "reward/mean" in r]
     assert len(rewards) == 12
     assert sum(rewards[-4:]) > sum(rewards[:4]), rewards
+    # by searching more: the SFT policy mostly guesses, the RL policy searches
+    searches = [r["env/searches"] for r in rows if "env/searches" in r]
+    assert sum(searches[-4:]) > sum(searches[:4]), searches
 
 
 def test_run_directory_and_report(reduced_run):
     out, report = reduced_run
     for name in ("report.json", "metrics.jsonl", "curves.png", "config.yaml",
                  "world/corpus.jsonl", "world/test.jsonl", "index/index.json",
-                 "checkpoints/sft/config.json", "sft/metrics.jsonl"):
+                 "checkpoints/sft/config.json", "sft/metrics.jsonl", "no_mask/metrics.jsonl"):
         assert (out / name).exists(), name
     assert any((out / "checkpoints").glob("step*")), list((out / "checkpoints").iterdir())
+    assert any((out / "no_mask" / "checkpoints").glob("step*"))
     on_disk = json.loads((out / "report.json").read_text())
-    assert set(on_disk["test_em"]) == {"sft", "rl"}
-    for policy in ("sft", "rl"):
+    assert set(on_disk["test_em"]) == {"sft_part1", "sft", "rl", "rl_no_mask"}
+    for policy in ("sft", "rl", "rl_no_mask"):
         assert set(on_disk["test_em"][policy]) == {"search", "no_search"}
-        assert on_disk["test"][policy]["search"]["n"] == 60  # 20 test people × 3 questions
+        assert on_disk["test"][policy]["search"]["n"] == 20  # 20 test people × 1 question
+    assert on_disk["mask_observations"] is True
     assert on_disk["wall_time_s"]["total"] > 0
-    # the held-out curve has the SFT point (step 0) and the RL evaluations (steps 6 and 12)
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "eval/em" in r] == [0, 6, 12]
+    # the SFT curve runs through both parts: 150 careful steps, then 40 on the habits
+    sft_rows = [json.loads(x) for x in (out / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in sft_rows] == list(range(1, 191))
+    # each RL curve has the SFT point (step 0) and the RL evaluations (steps 6 and 12)
+    for run in (out, out / "no_mask"):
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows if "eval/em" in r] == [0, 6, 12]
     table = format_report(report)
-    assert "SFT policy" in table and "RL policy" in table
+    for line in ("SFT, part 1 only", "SFT policy", "RL policy (grpo, masked)",
+                 "RL policy (grpo, NOT masked)", "masking the retrieved tokens"):
+        assert line in table, table
 
 
 def test_bad_overrides_are_named():
