@@ -157,9 +157,14 @@ def load_policy(model_cfg, device: str | None = None):
     except KeyError:
         raise ValueError(f"model.dtype {model_cfg.dtype!r} is not float32, bfloat16 or float16") from None
     except OSError as e:
+        hint = ""
+        if str(model_cfg.name_or_path).startswith(("runs/", "./", "/")) and not Path(
+                str(model_cfg.name_or_path)).exists():
+            hint = (" — no such directory; if it is another run's output (e.g. runs/sft_tiny/final),"
+                    " run that config first (rlvr train sft_tiny)")
         raise FileNotFoundError(
-            f"model {model_cfg.name_or_path!r} could not be loaded (a hub id, a local directory, a "
-            f".gguf file, 'tiny' or 'smollm2' were expected): {e}") from None
+            f"model {model_cfg.name_or_path!r} could not be loaded{hint} (a hub id, a local "
+            f"directory, a .gguf file, 'tiny' or 'smollm2' were expected): {e}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device or pick_device())

@@ -58,3 +58,12 @@ def test_smollm2_gguf_multi_turn():
     for tr in trajs:
         assert len(tr.token_ids) == len(tr.loss_mask) == len(tr.logprobs)
         assert tr.finish_reason in ("done", "eos", "max_turns", "max_new_tokens")
+
+
+def test_a_missing_run_directory_says_which_run_makes_it(tmp_path, monkeypatch):
+    from rlvr.config import ModelConfig
+    from rlvr.models import load_policy
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="run that config first"):
+        load_policy(ModelConfig(name_or_path="runs/sft_tiny/final"), device="cpu")
