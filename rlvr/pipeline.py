@@ -31,12 +31,13 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from rlvr.config import BUNDLED_CONFIGS, EnvConfig, TrainConfig, load_config
 from rlvr.expert import ExpertConfig
+from rlvr.world import QUESTION_TYPES, WorldConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,25 +45,10 @@ RECIPE = BUNDLED_CONFIGS / "search_world.yaml"
 
 
 @dataclass
-class WorldSection:
-    """The synthetic world (see :class:`rlvr.world.WorldConfig`) and its tokenizer."""
+class WorldSection(WorldConfig):
+    """The synthetic world (the fields of :class:`rlvr.world.WorldConfig`) and its tokenizer."""
 
-    seed: int = 0
-    """Seed of the world's facts (the same seed writes the same files)."""
-    num_people: int = 400
-    """People (three questions each)."""
-    num_cities: int = 40
-    """Cities."""
-    num_countries: int = 12
-    """Countries."""
-    num_orgs: int = 30
-    """Organisations."""
-    dev_people: int = 40
-    """People whose questions form the dev split (held-out curve during RL)."""
-    test_people: int = 60
-    """People whose questions form the test split (final numbers)."""
-    question_types: list[str] = field(default_factory=lambda: ["birthplace", "employer",
-                                                                "birth_country"])
+    question_types: list[str] = field(default_factory=lambda: list(QUESTION_TYPES))
     """Question kinds: birthplace, employer (one hop), birth_country (two hops)."""
     vocab_size: int = 1024
     """BPE vocabulary of the world's tokenizer (large enough that each name is one token)."""
@@ -163,13 +149,11 @@ def build_job(cfg: DefaultJobConfig, out: Path):
     from rlvr.models import build_tiny_model, build_tiny_tokenizer
     from rlvr.retrieval.bm25 import BM25Index
     from rlvr.retrieval.corpus import Passage
-    from rlvr.world import WorldConfig, build_world, write_world
+    from rlvr.world import build_world, write_world
 
     w = cfg.world
-    world = build_world(WorldConfig(
-        seed=w.seed, num_people=w.num_people, num_cities=w.num_cities, num_countries=w.num_countries,
-        num_orgs=w.num_orgs, dev_people=w.dev_people, test_people=w.test_people,
-        question_types=tuple(w.question_types)))
+    world = build_world(WorldConfig(**{f.name: getattr(w, f.name) for f in fields(WorldConfig)}
+                                    | {"question_types": tuple(w.question_types)}))
     paths = write_world(world, out / "world")
     # Train the tokenizer on the text the policy will read: passages as the environment frames them.
     framing = [f"Question: {r['question']}\n<search> {r['metadata']['subject']} </search>"
@@ -279,7 +263,8 @@ def run_job(cfg: DefaultJobConfig) -> dict[str, Any]:
             _stage(f"SFT cold start, part 1: {cfg.sft.skill_steps} steps on {len(skill_demos)} "
                    f"careful demonstrations (search the full name, answer from the passage)", t0)
             sft_stats["skill"] = train_on_trajectories(
-                model, tok, skill_demos, _sft_config(cfg, cfg.sft.skill_steps, cfg.sft.lr), logger=sft_logger)
+                model, tok, skill_demos, _sft_config(cfg, cfg.sft.skill_steps, cfg.sft.lr),
+                logger=sft_logger)
             # what the policy can do when it searches well, before its habits are set
             results_careful = _em(model, tok, test_tasks, search_factory, cfg, "test")
             model.train()

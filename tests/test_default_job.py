@@ -19,6 +19,7 @@ REDUCED = [
     "--world.question_types", "[birthplace]", "--world.vocab_size", "700",
     "--expert.p_good", "0.3", "--expert.p_guess", "0.7",
     "--sft.skill_steps", "150", "--sft.steps", "40",
+    "--rollout.max_turns", "3", "--rollout.max_new_tokens", "16",
     "--run.steps", "12", "--run.eval_every", "6", "--run.progress", "false",
     "--eval.dev_limit", "20", "--eval.train_limit", "45",
 ]
