@@ -3,8 +3,11 @@
 It must run the whole recipe — world, tokenizer, index, expert demonstrations, the two SFT parts,
 GRPO with search and its unmasked ablation, evaluation, report — and RL must raise the reward on
 the training prompts. The reduced world asks one question type (birthplace) about 70 training
-people, so the careful SFT part learns to search and read within 150 steps; the expert's habits
-(70% guesses) then make the SFT policy guess, and RL has to bring the searching back.
+people; with this seed the careful SFT part learns to search and read within 150 steps (the test
+EM of that part is 0.55 here), the expert's habits (70% guesses) then make the SFT policy guess,
+and RL has to bring the searching back. Runs on CPU are deterministic for a seed, but how soon a
+tiny model starts copying varies between seeds (in this reduced world 150–400 careful steps; at
+400 steps two seeds of three learned it), so a change to the recipe may need a new reduced config.
 """
 
 import json
