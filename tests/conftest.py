@@ -19,6 +19,28 @@ def tiny_model(tiny_tokenizer):
     return build_tiny_model(tiny_tokenizer, hidden_size=64, num_layers=2, seed=0)
 
 
+def tiny_learner_config(root, algorithm="grpo", *, prompts=2, steps=2, **rl):
+    """A tiny on-policy config (run directory ``root/algorithm``, CPU, 2 samples per prompt of at
+    most 6 tokens per turn); ``rl`` sets fields of ``cfg.rl``. Tests import it from conftest."""
+    from rlvr.config import TrainConfig
+
+    cfg = TrainConfig(algorithm=algorithm)
+    cfg.run.output_dir = str(root / algorithm)
+    cfg.run.steps = steps
+    cfg.run.progress = False
+    cfg.run.device = "cpu"
+    cfg.rl.prompts_per_step = prompts
+    cfg.rollout.samples_per_prompt = 2
+    cfg.rollout.max_turns = 2
+    cfg.rollout.max_new_tokens = 6
+    cfg.rollout.max_total_tokens = 96
+    cfg.optim.micro_batch_size = 2
+    cfg.optim.lr = 1e-3
+    for k, v in rl.items():
+        setattr(cfg.rl, k, v)
+    return cfg.validate()
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

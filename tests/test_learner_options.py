@@ -12,30 +12,16 @@ import pytest
 import torch
 
 from rlvr.batch import collate
-from rlvr.config import TrainConfig
 from rlvr.learners import common
 from rlvr.learners.ppo import ValueModel
+from conftest import tiny_learner_config
 from rlvr.types import Task, Trajectory
 
 TASKS = [Task("1 + 1", ["2"], id="unused")]  # the prompt stream's; the fake rollout ignores it
 
 
 def _cfg(tmp_path, algorithm, *, prompts=2, steps=1, **rl):
-    cfg = TrainConfig(algorithm=algorithm)
-    cfg.run.output_dir = str(tmp_path / algorithm)
-    cfg.run.steps = steps
-    cfg.run.progress = False
-    cfg.run.device = "cpu"
-    cfg.rl.prompts_per_step = prompts
-    cfg.rollout.samples_per_prompt = 2
-    cfg.rollout.max_turns = 2
-    cfg.rollout.max_new_tokens = 6
-    cfg.rollout.max_total_tokens = 96
-    cfg.optim.micro_batch_size = 2
-    cfg.optim.lr = 1e-3
-    for k, v in rl.items():
-        setattr(cfg.rl, k, v)
-    return cfg.validate()
+    return tiny_learner_config(tmp_path, algorithm, prompts=prompts, steps=steps, **rl)
 
 
 def _model(tokenizer):

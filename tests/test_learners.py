@@ -5,27 +5,13 @@ import json
 import pytest
 import torch
 
-from rlvr.config import TrainConfig
 from rlvr.learners import common
+from conftest import tiny_learner_config
 from rlvr.types import Trajectory
 
 
 def _cfg(tmp_path, algorithm="grpo", **rl):
-    cfg = TrainConfig(algorithm=algorithm)
-    cfg.run.output_dir = str(tmp_path / algorithm)
-    cfg.run.steps = 2
-    cfg.run.progress = False
-    cfg.run.device = "cpu"
-    cfg.rl.prompts_per_step = 2
-    cfg.rollout.samples_per_prompt = 2
-    cfg.rollout.max_turns = 2
-    cfg.rollout.max_new_tokens = 6
-    cfg.rollout.max_total_tokens = 96
-    cfg.optim.micro_batch_size = 2
-    cfg.optim.lr = 1e-3
-    for k, v in rl.items():
-        setattr(cfg.rl, k, v)
-    return cfg.validate()
+    return tiny_learner_config(tmp_path, algorithm, steps=2, **rl)
 
 
 @pytest.fixture()
