@@ -8,9 +8,12 @@
     assistant: <think> ... </think> <answer> William Shakespeare </answer>   ← ends the episode
 
 All searches that end in the same turn of a batch go to the index (or the retrieval server) as one
-call (:meth:`SearchEnv.step_batch`). An action with neither a search nor an answer gets Search-R1's
-corrective message and is counted; a failed retrieval becomes an error observation for that episode
-only. The reward is ``qa_em`` on the policy's own text (retrieved passages are removed first, so a
+call (:meth:`SearchEnv.step_batch`). A turn with neither a search nor an answer — one that ends
+with EOS included — gets Search-R1's corrective message and the episode goes on, as in Search-R1's
+generation loop (``search_r1/llm_agent/generation.py``, ``execute_predictions``), until the turn
+budget runs out; the setting ``end_at_eos: true`` ends the episode at EOS instead. Every turn of
+the policy counts as an action, so ``env/valid_action_ratio`` is the share of turns that searched
+or answered. A failed retrieval becomes an error observation for that episode only. The reward is ``qa_em`` on the policy's own text (retrieved passages are removed first, so a
 passage that happens to contain ``<answer>`` can never be scored); other verifiers (e.g. a format
 bonus) join through ``verifiers`` weights.
 
@@ -19,7 +22,14 @@ the passages in the prompt (the questions of a whole batch go to the index as on
 :meth:`RagEnv.reset_batch`). Both end at ``</answer>`` after one turn.
 
 Deliberate deviations from Search-R1: an empty ``<search></search>`` is an invalid action (Search-R1
-sends the empty query to the retriever); a query is cut at :data:`MAX_QUERY_CHARS` characters.
+sends the empty query to the retriever); a query is cut at :data:`MAX_QUERY_CHARS` characters; the
+EOS token of a turn that ends with one stays in the trajectory, sampled and trained (Search-R1
+decodes each turn without special tokens and re-encodes it, so its EOS disappears; rlvr never
+re-encodes sampled tokens); a turn cut by ``rollout.max_new_tokens`` ends the episode (a budget,
+counted as an invalid action) where Search-R1 appends the corrective message.
+
+A ``retriever_url`` is probed once when the run starts (:meth:`_QAEnv.preflight`): a server that
+does not answer fails the run there, naming the URL, rather than every search of every episode.
 
 Indexes are loaded once per process (cached by resolved path) and shared by every episode; clients of
 a retrieval server are cached by URL.
@@ -75,6 +85,8 @@ INVALID_ACTION_MESSAGE = (
 )
 
 MAX_QUERY_CHARS = 1000
+#: Seconds the start-of-run probe of a ``retriever_url`` may take (one try, no retries).
+PREFLIGHT_TIMEOUT_S = 5.0
 
 # The first complete <search>…</search> or <answer>…</answer> whose body opens no other action tag
 # (Search-R1 takes the first match too; the loop's stop strings leave at most one closing tag).
@@ -151,6 +163,20 @@ def resolve_retriever(index: Any = None, index_dir: str | None = None,
     return shared_index(index_dir) if index_dir else shared_client(retriever_url)
 
 
+def check_retriever_url(url: str, env_name: str = "search") -> None:
+    """One probe search (``/retrieve``, which Search-R1's own server has too) with a short timeout;
+    a ValueError naming the URL and the setting when the server does not answer it."""
+    from rlvr.retrieval.client import RetrievalClient
+
+    try:
+        with RetrievalClient(url, timeout_s=PREFLIGHT_TIMEOUT_S, retries=0) as client:
+            client.search(["retrieval preflight probe"], 1)
+    except Exception as e:
+        raise ValueError(f"environment {env_name}: setting retriever_url = {url!r} did not answer a "
+                         f"probe search ({type(e).__name__}: {e}); start the server (`rlvr serve`) "
+                         f"or fix the URL") from None
+
+
 def format_hits(hits: list) -> str:
     from rlvr.retrieval.base import format_passages
 
@@ -163,8 +189,10 @@ class _QAEnv(Environment):
     """What the three QA environments share: the template, the reward and the counters."""
 
     verifiers = {"qa_em": 1.0}
+    #: the prompt: ``{question}`` (and, for search_rag, ``{passages}``) filled in
     template: str = SEARCH_R1_TEMPLATE
-    chat: bool = True  # wrap the filled template as one user message (chat template applies)
+    #: wrap the filled template as one user message (the chat template applies); false = plain text
+    chat: bool = True
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)
@@ -175,6 +203,12 @@ class _QAEnv(Environment):
         self.invalid_actions = 0
         self.retrieval_errors = 0
         self.answered = 0
+
+    @classmethod
+    def preflight(cls, settings: dict[str, Any]) -> None:
+        """A configured retrieval server must answer a probe search."""
+        if settings.get("retriever_url"):
+            check_retriever_url(settings["retriever_url"], cls.__name__)
 
     def question(self, task: Task) -> str:
         """Search-R1's question normalisation: stripped, ending with a question mark."""
@@ -215,18 +249,23 @@ class _QAEnv(Environment):
 
 def search_metrics(trajectories: list) -> dict[str, float]:
     """Per-batch numbers of the QA environments from each trajectory's ``info`` (the episodes'
-    :meth:`metrics`): searches per trajectory, the share of valid actions, the share of
-    trajectories that answered, and retrieval failures per trajectory."""
-    infos = [t.info for t in trajectories if "answered" in t.info]
-    if not infos:
+    :meth:`metrics`) and turns: searches per trajectory, the share of the policy's turns that were
+    valid actions (a search or an answer), the share of trajectories that answered, and retrieval
+    failures per trajectory. A turn the environment never saw — ended by EOS under
+    ``end_at_eos``, or cut by a token budget — holds no complete action, so it counts as invalid
+    (Search-R1's ``valid_action_stats`` count every turn the same way)."""
+    trajs = [t for t in trajectories if "answered" in t.info]
+    if not trajs:
         return {}
-    n = len(infos)
-    actions = sum(i.get("actions", 0.0) for i in infos)
-    invalid = sum(i.get("invalid_actions", 0.0) for i in infos)
-    return {"env/searches": sum(i.get("searches", 0.0) for i in infos) / n,
-            "env/valid_action_ratio": (actions - invalid) / actions if actions else 1.0,
-            "env/answered": sum(i.get("answered", 0.0) for i in infos) / n,
-            "env/retrieval_errors": sum(i.get("retrieval_errors", 0.0) for i in infos) / n}
+    n = len(trajs)
+    valid = sum(t.info.get("actions", 0.0) - t.info.get("invalid_actions", 0.0) for t in trajs)
+    turns = sum(max(float(len(t.turns)), t.info.get("actions", 0.0)) for t in trajs)
+    out = {"env/searches": sum(t.info.get("searches", 0.0) for t in trajs) / n,
+           "env/answered": sum(t.info.get("answered", 0.0) for t in trajs) / n,
+           "env/retrieval_errors": sum(t.info.get("retrieval_errors", 0.0) for t in trajs) / n}
+    if turns:  # no turn at all (every reset failed): there is no share to report
+        out["env/valid_action_ratio"] = valid / turns
+    return out
 
 
 @rlvr.environment("search")
@@ -234,10 +273,17 @@ class SearchEnv(_QAEnv):
     """Search-R1: <search> q </search> retrieves top-k passages; <answer> ends; reward qa_em."""
 
     stop_strings = ["</search>", "</answer>"]
+    #: passages per search
     topk: int = 3
-    index: Any = None  # an in-process index object with search(queries, k)
-    index_dir: str | None = None  # a saved index, loaded once per process
-    retriever_url: str | None = None  # a retrieval server (`rlvr serve`)
+    #: an in-process index object with search(queries, k)
+    index: Any = None
+    #: a saved index (`rlvr index build`), loaded once per process
+    index_dir: str | None = None
+    #: a retrieval server (`rlvr serve`, or Search-R1's own), probed when the run starts
+    retriever_url: str | None = None
+    #: Search-R1 continues after a turn without an action, whatever ended it, with its corrective
+    #: message; true ends the episode at EOS instead (an instruct model ends every turn with EOS)
+    end_at_eos: bool = False
 
     def __init__(self, **settings: Any) -> None:
         super().__init__(**settings)

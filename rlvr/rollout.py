@@ -2,7 +2,8 @@
 
 All episodes of a batch (``samples_per_prompt`` per task) start together (each environment class's
 ``reset_batch`` gets all of its episodes at once) and generate together. A turn ends at a stop
-string of the environment or EOS; the environment's ``step`` answers, its observation is tokenised
+string of the environment or EOS (an EOS ends the episode unless the environment's ``end_at_eos``
+is False); the environment's ``step`` answers, its observation is tokenised
 once and appended with ``loss_mask = 0`` (``Trajectory.append_observation``), and generation goes on
 from the token sequence as it stands — prompts are rendered with the chat template once and never
 re-rendered. Budgets: ``max_turns``, ``max_new_tokens`` per turn, ``max_total_tokens`` per
@@ -33,18 +34,28 @@ class _Episode:
     done: bool = False
     step_reward: float | None = None
     turn_start: int = 0
+    turn_reason: str = "stop"  # what ended the turn being stepped ("stop", or "eos")
     pending: list[int] = field(default_factory=list)  # this turn's sampled tokens
 
 
 def make_env_factory(env_cfg) -> Callable[[], Environment]:
-    """A zero-argument factory of fresh environments from an :class:`rlvr.config.EnvConfig`."""
+    """A zero-argument factory of fresh environments from an :class:`rlvr.config.EnvConfig`.
+
+    The settings are checked here, once, against the environment's declared ones (name and type),
+    then the environment's ``preflight`` checks what they point at (a retrieval server, the code
+    sandbox) and one environment is built: a bad setting fails before any model loads or any
+    episode runs, with a message that names it."""
     from rlvr.registry import ENVIRONMENTS
 
     cls = ENVIRONMENTS.get(env_cfg.name)
     settings = dict(env_cfg.settings or {})
     if env_cfg.verifiers:
         settings["verifiers"] = dict(env_cfg.verifiers)
-    cls(**settings)  # fail now, naming the setting, rather than inside every episode
+    if hasattr(cls, "check_settings"):  # a plugin class need not derive from Environment
+        settings = cls.check_settings(settings, where=f"environment {env_cfg.name!r} (env.settings)")
+    if hasattr(cls, "preflight"):
+        cls.preflight(settings)
+    cls(**settings)  # what the constructor itself checks (a template's placeholders) fails now
 
     def factory() -> Environment:
         return cls(**settings)
@@ -153,10 +164,14 @@ def collect(engine, tokenizer, env_factory: Callable[[], Environment], tasks: li
                 out = Completion(out.token_ids[:cap], out.logprobs[:cap], "length")
             start = len(ep.traj)
             ep.traj.append_sampled(out.token_ids, out.logprobs)
-            ep.turn_start = start
+            ep.turn_start, ep.turn_reason = start, out.finish_reason
             if out.finish_reason == "stop":
-                action = tokenizer.decode(out.token_ids, skip_special_tokens=False)
-                stepping.append((ep, action))
+                stepping.append((ep, tokenizer.decode(out.token_ids, skip_special_tokens=False)))
+                continue
+            if out.finish_reason == "eos" and not getattr(ep.env, "end_at_eos", True):
+                # the environment reads the turn (its text without the EOS token) and may go on;
+                # the EOS token itself stays in the trajectory as sampled
+                stepping.append((ep, tokenizer.decode(out.token_ids[:-1], skip_special_tokens=False)))
                 continue
             ep.traj.turns.append(Turn(start, len(ep.traj), len(ep.traj), out.finish_reason))
             if out.finish_reason == "eos":
@@ -199,7 +214,8 @@ def _reset_all(starts: list[tuple[Environment, Task]]) -> list:
 
 
 def _step_all(stepping: list[tuple[_Episode, str]], tokenizer, cfg) -> None:
-    """Call the environment on every episode whose turn ended with a stop string, batched by class."""
+    """Call the environment on every episode whose turn ended with a stop string (or with EOS,
+    where the environment's ``end_at_eos`` is False), batched by class."""
     by_cls: dict[type, list[tuple[_Episode, str]]] = {}
     for ep, action in stepping:
         by_cls.setdefault(type(ep.env), []).append((ep, action))
@@ -223,7 +239,7 @@ def _apply(ep: _Episode, res: StepResult | Exception, tokenizer, cfg) -> None:
     traj = ep.traj
     action_end = len(traj)
     if isinstance(res, Exception):
-        traj.turns.append(Turn(ep.turn_start, action_end, action_end, "stop"))
+        traj.turns.append(Turn(ep.turn_start, action_end, action_end, ep.turn_reason))
         _fail(ep, f"step failed: {type(res).__name__}: {res}")
         return
     if res.tool_call is not None:
@@ -231,13 +247,13 @@ def _apply(ep: _Episode, res: StepResult | Exception, tokenizer, cfg) -> None:
     if res.reward is not None:
         ep.step_reward = float(res.reward)
     if res.done:
-        traj.turns.append(Turn(ep.turn_start, action_end, action_end, "stop"))
+        traj.turns.append(Turn(ep.turn_start, action_end, action_end, ep.turn_reason))
         _finish(ep, "done")
         return
     room = cfg.max_total_tokens - len(traj)
     obs, cut = encode_observation(tokenizer, res.observation, min(cfg.max_obs_tokens, max(room, 0)))
     traj.append_observation(obs)
-    traj.turns.append(Turn(ep.turn_start, action_end, len(traj), "stop"))
+    traj.turns.append(Turn(ep.turn_start, action_end, len(traj), ep.turn_reason))
     if cut:
         traj.info["observations_truncated"] = traj.info.get("observations_truncated", 0) + 1
     if len(traj.turns) >= cfg.max_turns:

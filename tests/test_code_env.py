@@ -103,5 +103,6 @@ def test_multiturn_garbage_actions_never_raise():
 
 
 def test_unknown_setting_names_it():
-    with pytest.raises(TypeError, match="max_attemps"):
+    with pytest.raises(ValueError, match=r"unknown setting 'max_attemps'; valid settings: .*"
+                                         r"max_attempts \(int\)"):
         CodeMultiTurnEnv(max_attemps=2)

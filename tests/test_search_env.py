@@ -195,8 +195,10 @@ def test_retriever_settings_are_checked():
         SearchEnv(index=FakeIndex(), retriever_url="http://127.0.0.1:1/retrieve")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         SearchEnv(index_dir="/nonexistent/index")
-    with pytest.raises(TypeError, match="no setting"):
+    with pytest.raises(ValueError, match=r"unknown setting 'top_k'; valid settings: .*topk \(int\)"):
         SearchEnv(index=FakeIndex(), top_k=3)
+    with pytest.raises(ValueError, match=r"setting 'topk' must be int, got str '3'"):
+        factory(index=FakeIndex(), topk="3")
 
 
 def test_index_is_loaded_once_per_path(tmp_path, monkeypatch):
@@ -286,12 +288,84 @@ def test_search_through_a_retrieval_server_and_a_dead_one(tiny_tokenizer):
     with running_server(index) as base_url:
         url = base_url + "/retrieve"
         trajs = run(tok, search_policy, TASKS, factory(retriever_url=url, topk=1))
+        later = factory(retriever_url=url)  # built (and probed) while the server is up
     for tr, city in zip(trajs, ["Paris", "Tokyo", "Paris"]):
         completion = tok.decode(tr.completion_ids, skip_special_tokens=False)
         assert f'<information>Doc 1(Title: "{city}") {city} is the capital' in completion
         assert completion.endswith(f"<answer> {city} </answer>") and tr.info["retrieval_errors"] == 0
     # the server is gone now: the same URL yields an error observation, not a crashed batch
-    [tr] = run(tok, search_policy, TASKS[:1], factory(retriever_url=url))
+    [tr] = run(tok, search_policy, TASKS[:1], later)
     completion = tok.decode(tr.completion_ids, skip_special_tokens=False)
     assert "<information>Search failed (RetrievalError:" in completion and "refused" in completion
     assert tr.error is None and tr.info["retrieval_errors"] == 1
+
+
+# -- Search-R1's turn protocol: a turn without an action, EOS-ended or not, is corrected ----------
+
+def test_eos_turn_without_action_gets_the_corrective_message_and_goes_on(tiny_tokenizer):
+    tok = tiny_tokenizer
+    eos = tok.eos_token
+
+    def policy(context):  # an instruct model ends its turn with EOS, here without any action
+        return "<answer> Paris </answer>" if "Let me try again" in context else "Not sure." + eos
+
+    [tr] = run(tok, policy, TASKS[:1], factory(index=FakeIndex()))
+    # the default is Search-R1's loop: the invalid turn is answered and the episode continues
+    assert tr.finish_reason == "done" and tr.reward == 1.0
+    completion = tok.decode(tr.completion_ids, skip_special_tokens=False)
+    assert completion == "Not sure." + eos + INVALID_ACTION_MESSAGE + "<answer> Paris </answer>"
+    t0, t1 = tr.turns
+    assert t0.stop_reason == "eos" and t1.stop_reason == "stop"
+    # the EOS token was sampled and stays trained; the message is observation, never trained
+    assert tr.token_ids[t0.action_end - 1] == tok.eos_token_id and tr.loss_mask[t0.action_end - 1] == 1
+    assert tr.logprobs[t0.action_end - 1] == -1.0
+    assert set(tr.loss_mask[t0.action_end:t0.observation_end]) == {0}
+    assert tok.decode(tr.token_ids[t0.action_end:t0.observation_end]) == INVALID_ACTION_MESSAGE
+    assert tr.info["actions"] == 2 and tr.info["invalid_actions"] == 1
+    assert tr.tool_calls[0].valid is False and tr.tool_calls[0].error == "no <search> or <answer>"
+    # 2 turns, 1 valid: the ratio is 1/2
+    assert search_metrics([tr])["env/valid_action_ratio"] == 0.5
+
+
+def test_eos_turns_run_until_the_turn_budget(tiny_tokenizer):
+    tok = tiny_tokenizer
+    cfg = RolloutConfig(max_turns=3, max_new_tokens=64, max_total_tokens=1024, max_obs_tokens=256)
+    [tr] = run(tok, lambda ctx: "Hmm." + tok.eos_token, TASKS[:1], factory(index=FakeIndex()), cfg)
+    assert tr.finish_reason == "max_turns" and tr.truncated and tr.reward == 0.0
+    assert len(tr.turns) == 3 and tr.info["invalid_actions"] == 3
+    completion = tok.decode(tr.completion_ids, skip_special_tokens=False)
+    assert completion.count(INVALID_ACTION_MESSAGE) == 3
+    assert search_metrics([tr])["env/valid_action_ratio"] == 0.0
+
+
+def test_end_at_eos_keeps_the_old_behaviour_and_counts_the_turn(tiny_tokenizer):
+    tok = tiny_tokenizer
+    [tr] = run(tok, lambda ctx: "Not sure." + tok.eos_token, TASKS[:1],
+               factory(index=FakeIndex(), end_at_eos=True))
+    assert tr.finish_reason == "eos" and len(tr.turns) == 1
+    assert INVALID_ACTION_MESSAGE not in tok.decode(tr.completion_ids, skip_special_tokens=False)
+    assert tr.info["actions"] == 0  # the environment never saw the turn...
+    # ...but it was a turn with neither a search nor an answer: 0 valid of 1, not "1.0 of nothing"
+    [good] = run(tok, search_policy, TASKS[:1], factory(index=FakeIndex(), end_at_eos=True))
+    # (0 + 2 valid) / (1 + 2 turns)
+    assert search_metrics([tr, good])["env/valid_action_ratio"] == pytest.approx(2 / 3)
+    # a turn cut by the token budget is no action either
+    cfg = RolloutConfig(max_turns=4, max_new_tokens=4, max_total_tokens=1024)
+    [cut] = run(tok, lambda ctx: "a long ramble that never ends", TASKS[:1],
+                factory(index=FakeIndex()), cfg)
+    assert cut.finish_reason == "max_new_tokens"
+    assert search_metrics([cut])["env/valid_action_ratio"] == 0.0
+
+
+def test_retriever_url_is_probed_when_the_factory_is_built():
+    from rlvr.retrieval.bm25 import BM25Index
+    from rlvr.retrieval.server import running_server
+
+    with running_server(BM25Index.build(list(DOCS.values()))) as base_url:
+        factory(retriever_url=base_url + "/retrieve")  # answers: no error
+        dead = base_url + "/retrieve"
+    with pytest.raises(ValueError, match=r"setting retriever_url = 'http://127\.0\.0\.1:\d+/retrieve' "
+                                         r"did not answer a probe search"):
+        factory(retriever_url=dead)
+    with pytest.raises(ValueError, match="retriever_url.*did not answer"):
+        make_env_factory(EnvConfig(name="search_rag", settings={"retriever_url": dead}))
