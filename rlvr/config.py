@@ -24,7 +24,8 @@ class ModelConfig:
     name_or_path: str = "tiny"
     """Policy weights: a hub id, a local directory, a ``.gguf`` file, or ``tiny`` (a small random
     Llama built from a config, for tests) or ``world`` (the tiny model on the synthetic world's
-    tokenizer)."""
+    tokenizer). A ``.gguf`` file is dequantised once into a plain float32 copy under
+    ``$RLVR_CACHE/gguf/`` (default ``~/.cache/rlvr/gguf/``), which later runs load."""
     tokenizer: Optional[str] = None
     """Tokenizer location when it differs from the weights'."""
     dtype: str = "float32"
