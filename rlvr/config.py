@@ -208,6 +208,10 @@ class RunConfig:
     """Evaluate on ``data.eval`` every this many steps (0 = only at the end)."""
     save_every: int = 0
     """Checkpoint every this many steps (0 = only at the end)."""
+    keep_checkpoints: int = 2
+    """After each save, delete all but the newest this many ``checkpoints/step_*`` (0 = keep all).
+    The checkpoint just written and ``final/`` are never deleted. A float32 checkpoint with AdamW
+    state takes about 16 bytes per parameter (1.6 GB for a 135M model)."""
     resume: bool = False
     """Continue from the newest checkpoint in ``output_dir``."""
     device: str = "auto"

@@ -77,3 +77,125 @@ def test_checkpoint_roundtrip_and_atomic_listing(tmp_path, tiny_tokenizer):
     assert opt2.state_dict()["state"][0]["step"] == 1
     assert torch.equal(torch.rand(1), want)  # RNG restored despite manual_seed(0) before loading
     assert (tmp_path / "checkpoints" / "step_000003" / "model" / "config.json").exists()
+
+
+def _saved_steps(run_dir):
+    return sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+
+
+def test_a_failed_save_leaves_nothing_behind_and_the_previous_checkpoint_intact(
+        tmp_path, tiny_tokenizer, monkeypatch):
+    import errno
+
+    from rlvr.checkpoint import CheckpointError
+    from rlvr.models import build_tiny_model
+
+    model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=1, seed=0)
+    save_checkpoint(tmp_path, 1, model=model, tokenizer=tiny_tokenizer, extra={"at": 1})
+    before = {p.name: p.stat().st_size for p in (tmp_path / "checkpoints" / "step_000001").rglob("*")}
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(model, "save_pretrained", full_disk)
+    with pytest.raises(CheckpointError, match=r"step_000002 failed.*disk holding .* is full.*"
+                                              r"run\.keep_checkpoints"):
+        save_checkpoint(tmp_path, 2, model=model, tokenizer=tiny_tokenizer, extra={"at": 2})
+    assert _saved_steps(tmp_path) == ["step_000001"]  # no .tmp-step_000002-<pid> left
+
+    # Re-saving the same step fails too: the old copy is replaced only by a complete new one.
+    with pytest.raises(CheckpointError, match="step_000001 failed"):
+        save_checkpoint(tmp_path, 1, model=model, tokenizer=tiny_tokenizer, extra={"at": 99})
+    assert _saved_steps(tmp_path) == ["step_000001"]
+    after = {p.name: p.stat().st_size for p in (tmp_path / "checkpoints" / "step_000001").rglob("*")}
+    assert after == before
+    other = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=1, seed=1)
+    assert load_checkpoint(latest_checkpoint(tmp_path), model=other)["extra"] == {"at": 1}
+
+    def not_serializable(*a, **k):  # what transformers raises for a model still quantised
+        raise ValueError("The model is quantized with gguf and is not serializable")
+
+    monkeypatch.setattr(model, "save_pretrained", not_serializable)
+    with pytest.raises(CheckpointError, match="cannot be serialised.*load_policy"):
+        save_checkpoint(tmp_path, 3, model=model)
+    assert _saved_steps(tmp_path) == ["step_000001"]
+
+
+def test_a_killed_writers_temporary_directory_is_removed_by_the_next_save(tmp_path, tiny_tokenizer):
+    from rlvr.models import build_tiny_model
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its pid now names no running process
+    abandoned = tmp_path / "checkpoints" / f".tmp-step_000004-{gone.pid}"
+    (abandoned / "model").mkdir(parents=True)
+    running = tmp_path / "checkpoints" / f".tmp-step_000006-{os.getppid()}"  # a live writer's
+    running.mkdir()
+    save_checkpoint(tmp_path, 5, model=build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=1))
+    assert not abandoned.exists() and running.exists()
+
+
+def test_keep_checkpoints_deletes_all_but_the_newest(tmp_path, tiny_tokenizer):
+    from rlvr.models import build_tiny_model
+
+    model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=1, seed=0)
+    (tmp_path / "final").mkdir()  # an offline learner's output beside the checkpoints
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, step, model=model)  # default 0: every checkpoint stays
+    assert _saved_steps(tmp_path) == ["step_000001", "step_000002", "step_000003"]
+    save_checkpoint(tmp_path, 4, model=model, keep_checkpoints=2)
+    assert _saved_steps(tmp_path) == ["step_000003", "step_000004"]
+    # A stale newer checkpoint (an earlier run in the same directory) never costs the one just
+    # written its place.
+    save_checkpoint(tmp_path, 2, model=model, keep_checkpoints=1)
+    assert _saved_steps(tmp_path) == ["step_000002"]
+    assert (tmp_path / "final").is_dir()
+    with pytest.raises(ValueError, match=r"run\.keep_checkpoints is -1"):
+        save_checkpoint(tmp_path, 5, model=model, keep_checkpoints=-1)
+
+
+def test_run_keep_checkpoints_is_a_setting():
+    from rlvr.config import load_config
+
+    assert load_config(None, ["--run.keep_checkpoints", "3"]).run.keep_checkpoints == 3
+
+
+def test_save_model_dir_replaces_final_only_with_a_complete_copy(tmp_path, tiny_tokenizer, monkeypatch):
+    from rlvr.checkpoint import CheckpointError, save_model_dir
+    from rlvr.models import build_tiny_model
+
+    model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=1, seed=0)
+    save_model_dir(model, tiny_tokenizer, tmp_path / "final")
+    assert (tmp_path / "final" / "config.json").exists()
+
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(model, "save_pretrained", broken)
+    with pytest.raises(CheckpointError, match="model directory .*final failed"):
+        save_model_dir(model, tiny_tokenizer, tmp_path / "final")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
+    assert (tmp_path / "final" / "config.json").exists()
+
+
+def test_a_gguf_model_checkpoints_and_resumes(tmp_path, tiny_tokenizer, monkeypatch):
+    """Issue 16: every run on a .gguf model died at its final save ("not serializable")."""
+    pytest.importorskip("gguf")
+    from rlvr.config import ModelConfig
+    from rlvr.models import build_tiny_model, load_policy, save_tiny_gguf
+
+    monkeypatch.setenv("RLVR_CACHE", str(tmp_path / "cache"))
+    gguf = save_tiny_gguf(tmp_path / "tiny.gguf", tiny_tokenizer,
+                          build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=1, seed=2))
+    cfg = ModelConfig(name_or_path=str(gguf))
+    model, tok = load_policy(cfg, "cpu")
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(input_ids=torch.tensor([[1, 2, 3]])).logits.sum().backward()
+    opt.step()
+    ckpt = save_checkpoint(tmp_path / "run", 1, model=model, optimizer=opt, tokenizer=tok)
+    resumed, _ = load_policy(cfg, "cpu")  # what --resume does: the policy, then the state
+    load_checkpoint(ckpt, model=resumed, optimizer=torch.optim.AdamW(resumed.parameters(), lr=0.1))
+    for p, q in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)
+    reloaded, _ = load_policy(ModelConfig(name_or_path=str(ckpt / "model")), "cpu")
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(reloaded(ids).logits, model(ids).logits)
