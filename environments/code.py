@@ -11,15 +11,98 @@
 
 Runs use ``task.info["public_tests"]`` when the task has them (so the reward's tests stay hidden),
 else the task's own tests. The reward is the ``code`` verifier on the submitted code (or the last
-code run, when the turn budget ``max_attempts`` runs out first) against ``task.answer``. Task
-fields are those of the verifier (see ``rlvr.verifiers.code``).
+code run, when the turn budget ``max_attempts`` runs out first) against the task's tests.
+
+Task layouts (fields of the verifier, see ``rlvr.verifiers.code``; :func:`code_reference` reads
+them):
+
+- rlvr's own: ``prompt`` (the task text) and ``answer`` (stdin/stdout cases, asserts or test code),
+  optional ``entry_point``, ``setup``, ``public_tests``, ``timeout_s``, ``memory_mb``;
+- HumanEval (``task_id``, ``prompt``, ``canonical_solution``, ``test``, ``entry_point``): the
+  prompt is the function header, shown in a fence; the tests are ``test`` (or ``answer``); the
+  header is prepended to the policy's code, so a body alone or a whole function both run;
+- MBPP (``prompt`` or ``text``, ``code``, ``test_list``, ``test_setup_code`` or
+  ``test_imports``): the asserts of ``test_list`` are the tests and, as in the MBPP paper's
+  prompt, are shown under the task so the policy knows the function's name and signature.
+
+Both code environments check when the run starts (:meth:`CodeEnv.preflight`) that the sandbox
+backend can run a probe program here (what ``rlvr sandbox check`` prints).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import rlvr
 from rlvr.environment import Environment, StepResult
 from rlvr.types import Score, Task, ToolCall
+
+#: The user message of a HumanEval task: its function header, fenced, to be completed.
+HUMANEVAL_TEMPLATE = "Complete the following Python function.\n\n```python\n{header}```"
+#: The user message of an MBPP task: the text, then its asserts (MBPP's own prompt shows them).
+MBPP_TEMPLATE = "{text}\nYour code should pass these tests:\n\n{tests}"
+
+_SANDBOX_WORKS: set[int] = set()  # ids of backends whose probe already ran in this process
+
+
+def code_reference(task: Task) -> tuple[Any, dict[str, Any]]:
+    """``(tests, verifier info)`` of a task in any of the layouts of the module docstring.
+
+    Tests: ``task.answer``, else HumanEval's ``test``, else MBPP's ``test_list`` (all in
+    ``task.info`` as the loader leaves them). Info: ``task.info`` plus, for a task with an
+    ``entry_point`` and a text prompt, ``prompt`` = the header (the verifier prepends it to the
+    code), and ``setup`` from MBPP's ``test_setup_code`` or ``test_imports``."""
+    info = dict(task.info)
+    tests = task.answer
+    if tests is None or (isinstance(tests, str) and not tests.strip()):
+        tests = info.get("test") or info.get("test_list")
+    if tests is None or tests == "" or tests == []:
+        raise ValueError(f"task {task.id}: no tests: give 'answer', HumanEval's 'test' or MBPP's "
+                         f"'test_list'")
+    if info.get("entry_point") and "prompt" not in info and isinstance(task.prompt, str):
+        info["prompt"] = task.prompt
+    if not info.get("setup"):
+        imports = info.get("test_imports")
+        setup = info.get("test_setup_code") or ("\n".join(imports) if isinstance(imports, list) else "")
+        if setup:
+            info["setup"] = setup
+    return tests, info
+
+
+def code_prompt(task: Task) -> str | list[dict[str, str]]:
+    """The user's text of a task: a HumanEval header in a fence, an MBPP text with its asserts,
+    anything else as written."""
+    if not isinstance(task.prompt, str):
+        return task.prompt
+    if task.info.get("entry_point"):
+        return HUMANEVAL_TEMPLATE.format(header=task.prompt)
+    tests = task.info.get("test_list")
+    if isinstance(tests, list) and tests:
+        return MBPP_TEMPLATE.format(text=task.prompt.strip(), tests="\n".join(map(str, tests)))
+    return task.prompt
+
+
+def check_sandbox(env_name: str) -> None:
+    """The process-wide sandbox backend (the one the ``code`` verifier uses) must run a probe
+    program; a ValueError saying why, and how to look closer, if not. Once per backend."""
+    from rlvr.verifiers.sandbox import SandboxUnavailable, get_backend
+
+    try:
+        backend = get_backend()
+        if id(backend) in _SANDBOX_WORKS:
+            return
+        report = backend.check()
+    except SandboxUnavailable as e:
+        raise ValueError(f"environment {env_name}: the code sandbox is unavailable: {e} "
+                         f"(`rlvr sandbox check` shows the details; RLVR_SANDBOX picks the "
+                         f"backend)") from None
+    if not report.get("works"):
+        warnings = "; ".join(map(str, report.get("warnings") or [])) or "no warnings"
+        raise ValueError(f"environment {env_name}: the code sandbox ({report.get('backend')}) "
+                         f"cannot run a probe program here (status {report.get('status')}; "
+                         f"{warnings}); `rlvr sandbox check` shows the details, RLVR_SANDBOX "
+                         f"picks another backend")
+    _SANDBOX_WORKS.add(id(backend))
 
 
 @rlvr.environment("code")
@@ -30,9 +113,29 @@ class CodeEnv(Environment):
     system_prompt = ("Solve the task in Python. Give the complete solution in one "
                      "```python fenced block.")
 
+    @classmethod
+    def preflight(cls, settings: dict[str, Any]) -> None:
+        """The sandbox must run programs here, or no reward can ever be computed."""
+        check_sandbox(cls.__name__)
+
+    def reset(self, task: Task) -> str | list[dict[str, str]]:
+        self.task = task
+        code_reference(task)  # a task without tests fails its episode here, by its id
+        prompt = code_prompt(task)
+        if isinstance(prompt, str) and self.system_prompt:
+            return [{"role": "system", "content": self.system_prompt},
+                    {"role": "user", "content": prompt}]
+        return prompt
+
+    def score(self, completion: str, task: Task) -> Score:
+        from rlvr.scoring import combine
+
+        tests, info = code_reference(task)
+        return combine(self.verifiers, completion, tests, **info)
+
 
 @rlvr.environment("code_multiturn")
-class CodeMultiTurnEnv(Environment):
+class CodeMultiTurnEnv(CodeEnv):
     """Python with execution feedback: <run> code to see test results, <submit> the final code."""
 
     stop_strings = ["</run>", "</submit>"]
@@ -78,8 +181,8 @@ class CodeMultiTurnEnv(Environment):
             self.failed_runs += 1
             return "no code found: put it in a ```python fenced block", ToolCall(
                 "run", "", valid=False, error="no code")
-        tests = task.info.get("public_tests") or task.answer
-        info = {k: v for k, v in task.info.items() if k != "public_tests"}
+        tests, info = code_reference(task)
+        tests = info.pop("public_tests", None) or tests
         details: list[str] = []
         try:
             s = run_tests(code, tests, info, details)
@@ -100,7 +203,9 @@ class CodeMultiTurnEnv(Environment):
         from rlvr.scoring import combine
 
         text = completion if self.code is None else f"```python\n{self.code}\n```"
-        return combine(self.verifiers, text, task.answer, **task.info)
+        tests, info = code_reference(task)
+        info.pop("public_tests", None)
+        return combine(self.verifiers, text, tests, **info)
 
     def metrics(self) -> dict[str, float]:
         return {"code_runs": float(self.runs), "failed_runs": float(self.failed_runs),
