@@ -112,3 +112,37 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: fl
     if not shift_mean:
         out = out + mean
     return out * m
+
+
+def reinforce_pp_advantages(token_rewards: torch.Tensor, loss_mask: torch.Tensor,
+                            gamma: float = 1.0) -> torch.Tensor:
+    """REINFORCE++ (Hu et al. 2025, https://arxiv.org/abs/2501.03262 eq. 5-7): the return to go of
+    the per-token rewards (outcome on the last trained token, ``-beta KL_t`` on each when the KL is
+    in the reward), normalised over the *whole batch* rather than per group:
+
+        A_t = sum_{s >= t} gamma^(s - t) r_s;     A_t <- (A_t - mean(A)) / std(A)
+
+    Observation tokens are skipped as in :func:`gae` (whose ``V = 0, lam = 1`` case this is).
+    Returns (B, T), 0 off the mask.
+    """
+    returns, _ = gae(token_rewards, torch.zeros_like(token_rewards), loss_mask, gamma, 1.0)
+    return whiten(returns, loss_mask)
+
+
+def overlong_penalty(sampled_lengths: torch.Tensor, max_len: int, buffer_len: int,
+                     penalty: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, https://arxiv.org/abs/2503.14476 eq. 13),
+    added to the reward of each trajectory (B,):
+
+        R(|y|) = 0                                      if |y| <= L_max - L_cache
+               = ((L_max - L_cache) - |y|) / L_cache    if L_max - L_cache < |y| <= L_max
+               = -1                                     if |y| > L_max
+
+    scaled by ``penalty``; ``L_max = max_len`` (the sampled-token budget), ``L_cache = buffer_len``.
+    """
+    if buffer_len <= 0:
+        return torch.zeros_like(sampled_lengths, dtype=torch.float32)
+    n = sampled_lengths.float()  # (B,)
+    start = max_len - buffer_len
+    r = torch.clamp((start - n) / buffer_len, min=-1.0, max=0.0)
+    return penalty * r

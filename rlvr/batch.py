@@ -39,6 +39,10 @@ class Batch:
     # Optional per-token tensors a learner attaches (same (B, T) layout), e.g. the reference
     # model's logprobs, the critic's values and the GAE returns.
     ref_logprobs: Optional[torch.Tensor] = None
+    old_logprobs: Optional[torch.Tensor] = None  # pi_old of the ratio (engine's or recomputed)
+    is_weights: Optional[torch.Tensor] = None  # train/inference mismatch correction weights
+    sampled_mask: Optional[torch.Tensor] = None  # tokens the engine sampled (loss_mask may add
+    # observations under the --no-mask ablation)
     values: Optional[torch.Tensor] = None
     returns: Optional[torch.Tensor] = None
 

@@ -127,3 +127,71 @@ def adaptive_kl_coef(beta: float, observed_kl: float, target: float, horizon: in
     A fixed coefficient simply never calls this."""
     error = max(-0.2, min(0.2, observed_kl / target - 1.0))
     return beta * (1.0 + error * n_steps / horizon)
+
+
+def gspo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                     loss_mask: torch.Tensor, clip_low: float = 3e-4, clip_high: float = 4e-4,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """GSPO, group sequence policy optimisation (Zheng et al. 2025, https://arxiv.org/abs/2507.18071
+    eq. 5-7, the GSPO-token form of eq. 13):
+
+        s_i = exp( (1/|y_i|) sum_t (log pi(y_i,t) - log pi_old(y_i,t)) )        (length-normalised)
+        s_i,t = sg[s_i] * pi(y_i,t) / sg[pi(y_i,t)]                            (value s_i, token grads)
+        L_i,t = -min(s_i,t A_i,t, clip(s_i,t, 1 - clip_low, 1 + clip_high) A_i,t)
+
+    The sequence ratio is clipped as a whole, so one stray token cannot move a trajectory's
+    weight; the paper's ranges are 3e-4 / 4e-4. Every trained token of trajectory i carries the
+    same value, so ``seq-mean-token-mean`` aggregation gives the paper's (1/G) sum_i. Returns
+    ``(loss, clipped)``, both (B, T).
+    """
+    m = loss_mask.float()  # (B, T)
+    log_s = ((logprobs - old_logprobs) * m).sum(-1) / m.sum(-1).clamp(min=1.0)  # (B,)
+    s_tok = torch.exp(log_s.detach()[:, None] + logprobs - logprobs.detach())  # (B, T) value s_i
+    unclipped = s_tok * advantages
+    clipped = torch.clamp(s_tok, 1.0 - clip_low, 1.0 + clip_high) * advantages
+    return -torch.minimum(unclipped, clipped), (clipped < unclipped)
+
+
+def cispo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                      clip_low: float = 1.0, clip_high: float = 0.28) -> tuple[torch.Tensor, torch.Tensor]:
+    """CISPO, clipped importance-sampling policy optimisation (MiniMax-M1, 2025,
+    https://arxiv.org/abs/2506.13585 eq. 4-5):
+
+        r_t = pi(a_t) / pi_old(a_t);   w_t = sg[clip(r_t, 1 - clip_low, 1 + clip_high)]
+        L_t = -w_t A_t log pi(a_t)
+
+    Unlike PPO's clip, no token's gradient is dropped: the importance weight is bounded and
+    detached, the REINFORCE term always flows. The paper leaves the low side unbounded
+    (``clip_low = 1`` makes the bound 0). Returns ``(loss, clipped)`` (B, T); ``clipped`` marks
+    tokens whose weight was bounded.
+    """
+    ratio = torch.exp(logprobs.detach() - old_logprobs)  # (B, T)
+    w = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    return -w * advantages * logprobs, (w != ratio)
+
+
+def mismatch_weights(trainer_logprobs: torch.Tensor, engine_logprobs: torch.Tensor,
+                     loss_mask: torch.Tensor, mode: str, cap: float, level: str = "token") -> torch.Tensor:
+    """Importance weights (B, T) that correct for the rollout engine sampling from a slightly
+    different policy than the trainer's (Yao et al. 2025, "Your efficient RL framework secretly
+    brings you off-policy RL training", https://fengyao.notion.site/off-policy-rl):
+
+        w_t = pi_trainer_old(a_t) / pi_engine(a_t)      (token)   or   prod_t w_t (sequence)
+        tis: min(w, cap)        mis: w if w <= cap else 0
+
+    The weights multiply the per-token policy loss and carry no gradient. ``mode`` none → ones.
+    """
+    m = loss_mask.float()  # (B, T)
+    if mode == "none":
+        return torch.ones_like(m)
+    log_w = (trainer_logprobs - engine_logprobs) * m  # (B, T)
+    if level == "sequence":
+        log_w = log_w.sum(-1, keepdim=True).expand_as(m)  # (B, T) one weight per trajectory
+    elif level != "token":
+        raise ValueError(f"rl.is_level {level!r} is not token or sequence")
+    w = torch.exp(log_w.clamp(max=50.0))  # a huge weight is capped or masked below anyway
+    if mode == "tis":
+        return torch.clamp(w, max=cap) * m
+    if mode == "mis":
+        return torch.where(w <= cap, w, torch.zeros_like(w)) * m
+    raise ValueError(f"rl.is_correction {mode!r} is not none, tis or mis")

@@ -213,13 +213,12 @@ def run_default(output_dir: str | None = None, overrides: list[str] | None = Non
 
 def run_job(cfg: DefaultJobConfig) -> dict[str, Any]:
     """The whole job for a loaded config; returns the report (also written to report.json)."""
-    import importlib
-
     import torch
 
     from rlvr.expert import expert_trajectories
     from rlvr.learners.sft import train_on_trajectories
     from rlvr.metrics import MetricsLogger
+    from rlvr.registry import ALGORITHMS
     from rlvr.rollout import make_env_factory
 
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -300,7 +299,7 @@ def run_job(cfg: DefaultJobConfig) -> dict[str, Any]:
     if cfg.eval.mask_ablation and cfg.rl.mask_observations:
         runs.append(("rl_no_mask", False, out / "no_mask"))
     sft_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    learner = importlib.import_module(f"rlvr.learners.{cfg.algorithm}")
+    learner = ALGORITHMS.get(cfg.algorithm)
     train_after, t_rl = {}, {}
     for name, mask, run_dir in runs:
         t1 = time.perf_counter()
@@ -316,8 +315,8 @@ def run_job(cfg: DefaultJobConfig) -> dict[str, Any]:
         # step 0 of the curve: the SFT policy, before any RL update
         logger.log(0, {"eval/em": dev_before["em"], "eval/searches": dev_before["searches"]})
         try:
-            learner.train(rl_cfg, model=model, tokenizer=tok, tasks=train_tasks,
-                          eval_fn=dev_eval, logger=logger)
+            learner(rl_cfg, model=model, tokenizer=tok, tasks=train_tasks, eval_fn=dev_eval,
+                    logger=logger)
         finally:
             logger.close()
         model.eval()
