@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 from omegaconf import OmegaConf
@@ -28,8 +28,9 @@ class ModelConfig:
     ``$RLVR_CACHE/gguf/`` (default ``~/.cache/rlvr/gguf/``), which later runs load."""
     tokenizer: Optional[str] = None
     """Tokenizer location when it differs from the weights'."""
-    dtype: str = "float32"
-    """float32 | bfloat16 | float16."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Compute precision. bfloat16 / float16 train with mixed precision: fp32 master weights and
+    optimizer state, forward passes (and generation) under ``torch.autocast`` in this dtype."""
     hidden_size: int = 64
     """Width of the tiny model (used only when building one)."""
     num_layers: int = 2
@@ -79,7 +80,7 @@ class RolloutConfig:
     """Sampling temperature for training rollouts (evaluation is greedy)."""
     top_p: float = 1.0
     """Nucleus sampling mass."""
-    engine: str = "hf"
+    engine: Literal["hf", "vllm"] = "hf"
     """hf | vllm."""
 
 
@@ -91,7 +92,7 @@ class OptimConfig:
     """AdamW weight decay."""
     warmup_steps: int = 0
     """Linear warm-up, in optimizer steps."""
-    schedule: str = "constant"
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
     """constant | linear | cosine decay after warm-up."""
     max_grad_norm: float = 1.0
     """Gradient clipping threshold (0 = off)."""
@@ -101,7 +102,8 @@ class OptimConfig:
 
 @dataclass
 class RLConfig:
-    """Knobs of the on-policy learners (GRPO, PPO, RLOO, REINFORCE)."""
+    """Knobs of the on-policy algorithms (``rlvr list``). Each algorithm declares which of the
+    algorithm-specific ones it reads; a changed setting it cannot honour is refused."""
 
     prompts_per_step: int = 4
     """Prompts sampled per rollout batch (each gets ``rollout.samples_per_prompt`` samples)."""
@@ -113,13 +115,13 @@ class RLConfig:
     """PPO clip range below 1 (ratio >= 1 - clip_low)."""
     clip_high: float = 0.2
     """PPO clip range above 1 (clip-higher, DAPO: e.g. 0.28)."""
-    loss_agg: str = "token-mean"
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
     """token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (Dr. GRPO)."""
-    std_normalize: str = "unbiased"
+    std_normalize: Literal["unbiased", "biased", "none"] = "unbiased"
     """GRPO advantage std: unbiased (G-1) | biased (G) | none (Dr. GRPO)."""
     kl_coef: float = 0.0
     """β of the KL to the reference model (0 = no reference model is kept)."""
-    kl_estimator: str = "k3"
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     """k1 | k2 | k3."""
     kl_in_reward: bool = False
     """True: KL as a per-token reward penalty (PPO-RLHF); False: a separate loss term (GRPO)."""
@@ -142,7 +144,7 @@ class RLConfig:
     loss_max_len: int = 0
     """Constant token budget of ``seq-mean-token-sum-norm`` (Dr. GRPO); 0 = rollout.max_new_tokens ×
     rollout.max_turns."""
-    baseline: str = "batch-mean"
+    baseline: Literal["batch-mean", "moving-average"] = "batch-mean"
     """REINFORCE baseline: batch-mean | moving-average."""
     baseline_decay: float = 0.9
     """Decay of the moving-average baseline."""
@@ -154,7 +156,7 @@ class RLConfig:
     """PPO value-loss weight (critic loss = vf_coef × value loss)."""
     value_clip: float = 0.2
     """PPO value clipping range (0 = unclipped value loss)."""
-    critic: str = "separate"
+    critic: Literal["separate", "shared"] = "separate"
     """PPO critic: separate (a copy of the initial policy with a value head, own optimizer) | shared
     (a value head on the policy's own body; one optimizer, policy + vf_coef × value loss)."""
     critic_lr: float = 0.0
@@ -164,8 +166,26 @@ class RLConfig:
     whiten_advantages: bool = True
     """PPO: whiten advantages over the batch's trained tokens."""
     no_eos_penalty: float = 0.0
-    """PPO: subtracted from the reward of a trajectory that ended without EOS or an environment's
-    done (truncated), e.g. 1.0."""
+    """Subtracted from the reward of a trajectory that ended without EOS or an environment's done
+    (truncated), e.g. 1.0 (every on-policy algorithm)."""
+    overlong_buffer_len: int = 0
+    """DAPO's overlong reward shaping: the last this many tokens of the sampled-token budget
+    (rollout.max_new_tokens × rollout.max_turns) cost up to ``overlong_penalty``, linearly; 0 = off."""
+    overlong_penalty: float = 1.0
+    """The penalty at the very end of the budget (DAPO: 1)."""
+    resample_max_attempts: int = 0
+    """Dynamic sampling (with ``filter_zero_variance``): extra rollout batches drawn at most, per
+    step, to fill ``prompts_per_step`` groups with non-zero reward variance (DAPO); 0 = only drop."""
+    old_logprobs: Literal["engine", "recompute"] = "engine"
+    """The π_old of the ratio: the behaviour logprobs the engine recorded (engine), or one no-grad
+    forward of the trainer before the update (recompute; needed for ``is_correction``)."""
+    is_correction: Literal["none", "tis", "mis"] = "none"
+    """Train/inference mismatch correction by the importance weight π_trainer_old / π_engine:
+    tis = truncated at ``is_cap``; mis = masked (weight 0) above ``is_cap`` (Yao et al. 2025)."""
+    is_cap: float = 2.0
+    """Cap of the train/inference importance weight."""
+    is_level: Literal["token", "sequence"] = "token"
+    """token: one weight per token; sequence: the product over a trajectory's trained tokens."""
 
 
 @dataclass
@@ -174,7 +194,7 @@ class PrefConfig:
 
     beta: float = 0.1
     """DPO/IPO β (inverse temperature of the implicit reward)."""
-    loss: str = "sigmoid"
+    loss: Literal["sigmoid", "cdpo", "ipo", "simpo"] = "sigmoid"
     """sigmoid (DPO) | cdpo (conservative DPO) | ipo | simpo."""
     label_smoothing: float = 0.0
     """Conservative DPO ε: the probability a label is flipped (pref.loss = cdpo)."""
@@ -214,7 +234,7 @@ class RunConfig:
     state takes about 16 bytes per parameter (1.6 GB for a 135M model)."""
     resume: bool = False
     """Continue from the newest checkpoint in ``output_dir``."""
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto | cpu | cuda."""
     log_tensorboard: bool = False
     """Also write TensorBoard event files."""
@@ -228,7 +248,8 @@ class RunConfig:
 @dataclass
 class TrainConfig:
     algorithm: str = "grpo"
-    """grpo | ppo | rloo | reinforce | sft | rm | dpo (``rlvr list``)."""
+    """A registered learner: grpo | dapo | gspo | cispo | rloo | reinforce | reinforce_pp | ppo |
+    sft | rm | dpo (``rlvr list``)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -247,17 +268,11 @@ class TrainConfig:
         """Check derived values; raise with a message that names the field."""
         if self.rollout.samples_per_prompt < 1:
             raise ValueError("rollout.samples_per_prompt must be >= 1")
-        if self.algorithm in ("grpo", "rloo") and self.rollout.samples_per_prompt < 2:
-            raise ValueError(f"{self.algorithm} needs rollout.samples_per_prompt >= 2 to form a "
-                             f"group baseline, got {self.rollout.samples_per_prompt}")
         batch = self.rl.prompts_per_step * self.rollout.samples_per_prompt
         if batch % self.rl.mini_batches_per_epoch:
             raise ValueError(
                 f"rl.prompts_per_step × rollout.samples_per_prompt = {batch} trajectories do not "
                 f"split into rl.mini_batches_per_epoch = {self.rl.mini_batches_per_epoch} equal parts")
-        if self.rl.loss_agg not in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"):
-            raise ValueError(f"rl.loss_agg {self.rl.loss_agg!r} is not token-mean, "
-                             f"seq-mean-token-mean or seq-mean-token-sum-norm")
         if self.rollout.max_new_tokens >= self.rollout.max_total_tokens:
             raise ValueError("rollout.max_new_tokens must be below rollout.max_total_tokens")
         from rlvr.rewards import reward_spec
