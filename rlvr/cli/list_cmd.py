@@ -1,8 +1,17 @@
-"""``rlvr list``: registered environments, verifiers, algorithms and bundled configs."""
+"""``rlvr list``: registered environments, verifiers, algorithms and bundled configs.
+
+It answers without importing torch: built-in entries are described from their source (see
+:meth:`rlvr.registry.Registry.catalog`). A plugin whose entry point fails to import is listed as
+broken, with the import error.
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+#: prefix of a broken plugin's description
+BROKEN = "BROKEN: "
 
 
 def add_parser(sub) -> None:
@@ -12,15 +21,14 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from rlvr.config import BUNDLED_CONFIGS
-    from rlvr.registry import ALGORITHMS, ENVIRONMENTS, VERIFIERS, describe
+    from rlvr.registry import ALGORITHMS, ENVIRONMENTS, VERIFIERS
 
-    table = {
-        "environments": {n: describe(o) for n, o in ENVIRONMENTS.items()},
-        "verifiers": {n: describe(o) for n, o in VERIFIERS.items()},
-        "algorithms": {n: describe(o) for n, o in ALGORITHMS.items()},
-        "configs": {p.stem: _first_comment(p) for p in sorted(BUNDLED_CONFIGS.glob("*.yaml"))},
-    }
+    table: dict[str, dict[str, str]] = {}
+    for section, registry in (("environments", ENVIRONMENTS), ("verifiers", VERIFIERS),
+                              ("algorithms", ALGORITHMS)):
+        described, broken = registry.catalog()
+        table[section] = {**described, **{n: BROKEN + why for n, why in broken.items()}}
+    table["configs"] = {p.stem: _first_comment(p) for p in sorted(bundled_configs().glob("*.yaml"))}
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
@@ -32,6 +40,14 @@ def run(args) -> int:
         if not items:
             print("  (none)")
     return 0
+
+
+def bundled_configs() -> Path:
+    """``rlvr.config.BUNDLED_CONFIGS``, found without importing rlvr.config (omegaconf, yaml)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("rlvr.config")
+    return Path(spec.origin).parent / "configs"
 
 
 def _first_comment(path) -> str:
