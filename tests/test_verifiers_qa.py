@@ -88,3 +88,27 @@ def test_f1_counts_repeated_tokens_once_each():
 
 def test_plain_text_answers_with_require_answer_tag_false():
     assert verify("qa_em", "Paris", ["paris"], require_answer_tag=False).reward == 1.0
+
+
+@pytest.mark.parametrize("name", ["qa_em", "qa_f1", "qa_cover_em"])
+def test_golds_that_normalise_to_nothing_are_dropped(name):
+    # Deviation from the SQuAD script, documented in rlvr.verifiers.qa and docs/verifiers.md:
+    # SQuAD compares "" with "" and gives exact match 1 to <answer>the</answer> for gold "The".
+    for response in ("<answer>the</answer>", "<answer></answer>", "<answer>A.</answer>"):
+        s = verify(name, response, ["The", "A", "..."])
+        assert (s.reward, s.correct, s.reason) == (0.0, False, "no reference answer"), response
+    # the other golds still count
+    s = verify(name, "<answer>Paris</answer>", ["The", "Paris"])
+    assert s.reward == 1.0 and s.correct is True
+
+
+def test_reference_problem_is_the_loaders_check():
+    from rlvr.registry import VERIFIERS
+    from rlvr.verifiers.qa import reference_problem
+
+    for name in ("qa_em", "qa_f1", "qa_cover_em"):
+        assert VERIFIERS.get(name).check_answer is reference_problem
+    assert reference_problem(["The", "Paris"]) == "" and reference_problem({"target": ["x"]}) == ""
+    assert "normalises to nothing" in reference_problem(["The", "a"])
+    assert "an object without 'target'" in reference_problem({"inputs": [], "outputs": []})
+    assert "holds no gold text" in reference_problem([])

@@ -6,9 +6,17 @@ no regex over the whole response, no subprocess. The predicted answer is the con
 ``<think>``, ``<search>`` and ``<information>`` blocks before it, and an ``<answer>`` in the
 prompt's instructions must never count, so callers pass the response only.
 
-Deliberate deviations from SQuAD's ``normalize_answer``: Unicode punctuation (``“”«»¿—``) is
-removed like ASCII punctuation, and ``qa_cover_em`` matches whole tokens (gold ``"1"`` is not
-covered by ``"1990"``), where Search-R1's ``subem`` tests raw substrings.
+Deliberate deviations from SQuAD's evaluation script (``normalize_answer``, ``exact_match_score``,
+``f1_score``):
+
+- Unicode punctuation (``“”«»¿—``) is removed like ASCII punctuation.
+- ``qa_cover_em`` matches whole tokens (gold ``"1"`` is not covered by ``"1990"``), where
+  Search-R1's ``subem`` tests raw substrings.
+- Gold answers that normalise to nothing (``"The"``, ``"A"``, ``"..."``) are dropped, and a row left
+  with no gold scores 0 with the reason "no reference answer". SQuAD compares the two empty strings
+  and gives exact match 1 (and, in the v2 script, F1 1) to an empty prediction such as
+  ``<answer>the</answer>`` or ``<answer></answer>``; in RL that would reward the policy for
+  answering nothing. The task loaders refuse such rows up front (:func:`reference_problem`).
 """
 
 from __future__ import annotations
@@ -68,6 +76,21 @@ def cover_em(prediction: str, gold: str) -> bool:
     return bool(g) and f" {g} " in f" {normalize_answer(prediction)} "
 
 
+def reference_problem(answer: Any) -> str:
+    """Why the QA verifiers can never reward a completion against ``answer``; "" when they can.
+    Task loaders call it (through ``check_answer``) to refuse such rows before training."""
+    refs = golds(answer)
+    if not refs:
+        if isinstance(answer, dict):
+            return (f"the answer is an object without 'target', 'answers', 'golden_answers' or "
+                    f"'answer' (keys: {sorted(map(str, answer))[:5]})")
+        return f"the answer ({type(answer).__name__} {answer!r:.60}) holds no gold text"
+    if not any(normalize_answer(g) for g in refs):
+        return (f"every gold answer ({refs[:3]!r}) normalises to nothing under SQuAD "
+                f"normalisation (articles and punctuation are dropped)")
+    return ""
+
+
 def _prediction(completion: Any, answer: Any, info: dict) -> tuple[str | None, list[str], str]:
     """(predicted answer, gold answers, reason when unusable)."""
     if not isinstance(completion, str):
@@ -85,7 +108,7 @@ def _prediction(completion: Any, answer: Any, info: dict) -> tuple[str | None, l
     return pred, refs, ""
 
 
-@verifier("qa_em")
+@verifier("qa_em", check_answer=reference_problem)
 def qa_em(completion: str, answer: Any, **info: Any) -> Score:
     """Exact match of the last <answer> with any gold answer after SQuAD normalisation."""
     pred, refs, why = _prediction(completion, answer, info)
@@ -97,7 +120,7 @@ def qa_em(completion: str, answer: Any, **info: Any) -> Score:
     return Score(1.0, True, reason=f"matched {hit!r}")
 
 
-@verifier("qa_f1")
+@verifier("qa_f1", check_answer=reference_problem)
 def qa_f1(completion: str, answer: Any, **info: Any) -> Score:
     """Token F1 of the last <answer> against the best gold answer (SQuAD normalisation)."""
     pred, refs, why = _prediction(completion, answer, info)
@@ -108,7 +131,7 @@ def qa_f1(completion: str, answer: Any, **info: Any) -> Score:
     return Score(best, exact, reason=f"F1 {best:.3f} of {pred[:80]!r}")
 
 
-@verifier("qa_cover_em")
+@verifier("qa_cover_em", check_answer=reference_problem)
 def qa_cover_em(completion: str, answer: Any, **info: Any) -> Score:
     """A gold answer appears (as whole tokens) in the last <answer>, after SQuAD normalisation."""
     pred, refs, why = _prediction(completion, answer, info)
