@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from rlvr.data import read_rows
+from rlvr.data import read_located_rows
 from rlvr.types import Task
+from rlvr.verifiers.qa import normalize_answer
 
 #: The FlashRAG collection on the Hugging Face hub: one folder per dataset, ``<split>.jsonl`` inside.
 HUB_REPO = "RUC-NLPIR/FlashRAG_datasets"
@@ -64,7 +65,7 @@ def load_qa(spec: str, *, split: str | None = None, data_dir: str | os.PathLike 
     if path.suffix in _FILE_SUFFIXES or path.is_file():
         if not path.is_file():
             raise FileNotFoundError(f"QA file {spec} does not exist")
-        return rows_to_tasks(read_rows(path), path.stem, str(path), limit)
+        return located_rows_to_tasks(read_located_rows(path), path.stem, limit)
     source = QA_DATASETS.get(spec)
     if source is None:
         known = ", ".join(QA_DATASETS)
@@ -72,7 +73,7 @@ def load_qa(spec: str, *, split: str | None = None, data_dir: str | os.PathLike 
     split = split or source.split
     local = find_local(spec, split, data_dir)
     if local is not None:
-        return rows_to_tasks(read_rows(local), spec, str(local), limit)
+        return located_rows_to_tasks(read_located_rows(local), spec, limit)
     if hub is False:
         raise FileNotFoundError(
             f"no local copy of {spec} ({split}) under {_data_dirs(data_dir)} and the hub is off; "
@@ -97,17 +98,25 @@ def load_qa_many(specs: str | Iterable[str], **kw: Any) -> dict[str, list[Task]]
 
 
 def rows_to_tasks(rows: Iterable[Any], dataset: str, where: str, limit: int = 0) -> list[Task]:
-    """Rows with ``question`` and ``golden_answers`` → tasks; the first bad row raises, naming it."""
+    """Rows with ``question`` and ``golden_answers`` → tasks; the first bad row raises, naming it
+    as ``<where> row N`` (counted from 1: rows of a table, which has no lines)."""
+    return located_rows_to_tasks(((f"{where} row {n}", row) for n, row in enumerate(rows, 1)),
+                                 dataset, limit)
+
+
+def located_rows_to_tasks(rows: Iterable[tuple[str, Any]], dataset: str, limit: int = 0) -> list[Task]:
+    """``(FILE:LINE, row)`` pairs (:func:`rlvr.data.read_located_rows`) → tasks; the first bad row
+    raises, its message starting with its ``FILE:LINE``."""
     tasks = []
-    for i, row in enumerate(rows):
+    for i, (at, row) in enumerate(rows):
         if limit and len(tasks) >= limit:
             break
-        tasks.append(row_to_qa_task(row, dataset, i, where))
+        tasks.append(row_to_qa_task(row, dataset, i, at))
     return tasks
 
 
-def row_to_qa_task(row: Any, dataset: str, index: int, where: str) -> Task:
-    at = f"{where} row {index}"
+def row_to_qa_task(row: Any, dataset: str, index: int, at: str) -> Task:
+    """One row → a task with id ``<dataset>:<index>``; ``at`` (``FILE:LINE``) starts every error."""
     if not isinstance(row, dict):
         raise ValueError(f"{at}: expected an object with 'question' and 'golden_answers', "
                          f"got {type(row).__name__}")
@@ -129,6 +138,12 @@ def row_to_qa_task(row: Any, dataset: str, index: int, where: str) -> Task:
         out.append(str(g))
     if not any(g.strip() for g in out):
         raise ValueError(f"{at}: every entry of 'golden_answers' is empty")
+    if not any(normalize_answer(g) for g in out):
+        # qa_em / qa_f1 drop golds that normalise to nothing (see rlvr.verifiers.qa), so such a
+        # row could only ever score 0
+        raise ValueError(f"{at}: every entry of 'golden_answers' ({out[:3]!r}) normalises to nothing "
+                         f"under SQuAD normalisation (articles and punctuation are dropped), so no "
+                         f"prediction can match it")
     return Task(question.strip(), out, {"dataset": dataset}, id=f"{dataset}:{index}")
 
 

@@ -1,21 +1,38 @@
 """Task sources: bundled generators by name, or JSONL / parquet files.
 
 A file row needs a prompt (``prompt``, ``question`` or ``messages``) and an answer (``answer`` or
-``golden_answers``); every other field goes to ``Task.info``. Task ids are ``"<source>:<row>"`` so
-two datasets never share one.
+``golden_answers``); every other field goes to ``Task.info``. Task ids are ``"<source>:<row>"``
+(the 0-based count of rows, blank lines not counted) so two datasets never share one.
+
+Every error about a row starts with ``FILE:LINE``, the 1-based line of the file as an editor shows
+it (a parquet table has no lines: ``FILE row N``, counted from 1). A byte that is not UTF-8 is
+named with its line and position, never as a bare codec error. A row whose answer no verifier can
+ever reward (``"answer": null``, or an answer the run's verifiers cannot read) is refused when
+the tasks are loaded, not trained on silently with reward 0; a run that scores without reference
+answers by design (a reward model) says so with ``answers_optional`` and gets one warning with the
+count instead.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from rlvr.types import Task
 
+log = logging.getLogger(__name__)
+
 #: name → generator(n, seed) of bundled toy tasks
 BUNDLED_TASKS: dict[str, Callable[[int, int], list[Task]]] = {}
+#: bad rows quoted in one error message; the rest are counted
+SHOWN_ERRORS = 5
+
+
+class DataError(ValueError):
+    """A data file or row that cannot be used; the message starts with ``FILE:LINE``."""
 
 
 def bundled_task(name: str):
@@ -39,8 +56,17 @@ def calculator_tasks(n: int = 256, seed: int = 0) -> list[Task]:
     return tasks
 
 
-def load_tasks(spec: str, limit: int = 0, seed: int = 0) -> list[Task]:
-    """A bundled task name (``calculator``) or a ``.jsonl`` / ``.json`` / ``.parquet`` file."""
+def load_tasks(spec: str, limit: int = 0, seed: int = 0, *,
+               verifiers: Mapping[str, float] | Iterable[str] | None = None,
+               answers_optional: str = "") -> list[Task]:
+    """A bundled task name (``calculator``) or a ``.jsonl`` / ``.json`` / ``.parquet`` file.
+
+    ``verifiers`` (names, or name → weight) are the run's verifiers: a row whose answer one of them
+    (weighted above 0) cannot read is refused too, not only a row without an answer.
+    ``answers_optional``: why rows without a usable answer are fine for this run (e.g. "the reward
+    is a reward model"); they are then kept with one warning that counts them. Empty (default):
+    they are refused, every one named by ``FILE:LINE``.
+    """
     if spec in BUNDLED_TASKS:
         tasks = BUNDLED_TASKS[spec](limit or 256, seed)
         return tasks[:limit] if limit else tasks
@@ -48,61 +74,170 @@ def load_tasks(spec: str, limit: int = 0, seed: int = 0) -> list[Task]:
     if not path.exists():
         known = ", ".join(sorted(BUNDLED_TASKS))
         raise FileNotFoundError(f"task source {spec!r} is neither a file nor a bundled task ({known})")
-    rows = read_rows(path)
-    tasks = []
-    for i, row in enumerate(rows):
+    tasks, wheres = [], []
+    for i, (where, row) in enumerate(read_located_rows(path)):
         if limit and len(tasks) >= limit:
             break
-        tasks.append(row_to_task(row, f"{path.stem}:{i}", where=f"{path} row {i}"))
+        tasks.append(row_to_task(row, f"{path.stem}:{i}", where=where))
+        wheres.append(where)
+    check_answers(tasks, wheres, verifiers=verifiers, answers_optional=answers_optional,
+                  source=str(path))
     return tasks
 
 
+# -- reference answers -----------------------------------------------------------------------------
+
+def answer_problem(answer: Any, verifiers: Mapping[str, float] | Iterable[str] | None = None) -> str:
+    """Why no completion can ever be rewarded against ``answer``; "" when one can.
+
+    Without ``verifiers`` only what no verifier can reward is a problem: a null or blank answer.
+    With them, each verifier weighted above 0 that declares a ``check_answer`` (see
+    :func:`rlvr.registry.verifier`) is asked too, e.g. ``qa_em`` refuses an object that holds no
+    gold text."""
+    if answer is None:
+        return "'answer' is null: no verifier can reward a row without a reference answer"
+    if isinstance(answer, str) and not answer.strip():
+        return "'answer' is empty: no verifier can reward a row without a reference answer"
+    if not verifiers:
+        return ""
+    from rlvr.registry import VERIFIERS
+
+    weights = verifiers if isinstance(verifiers, Mapping) else {n: 1.0 for n in verifiers}
+    for name, weight in weights.items():
+        check = getattr(VERIFIERS.get(name), "check_answer", None)
+        if weight and check is not None:
+            why = check(answer)
+            if why:
+                return f"verifier {name!r} can never reward it: {why}"
+    return ""
+
+
+def check_answers(tasks: list[Task], wheres: list[str], *,
+                  verifiers: Mapping[str, float] | Iterable[str] | None = None,
+                  answers_optional: str = "", source: str = "") -> None:
+    """Refuse tasks whose answer can never be rewarded (one error naming each ``FILE:LINE``), or,
+    with ``answers_optional``, keep them with one warning that counts them."""
+    bad = [f"{where}: {why}" for task, where in zip(tasks, wheres)
+           if (why := answer_problem(task.answer, verifiers))]
+    if not bad:
+        return
+    if answers_optional:
+        log.warning("%s: %d of %d rows have no reference answer a verifier can use (first: %s); "
+                    "kept because %s", source, len(bad), len(tasks), bad[0], answers_optional)
+        return
+    raise DataError(summarize_errors(bad, len(tasks), source, "can never be rewarded"))
+
+
+def summarize_errors(bad: list[str], total: int, source: str, what: str = "bad") -> str:
+    """One bad row: its message. Several: a count line, then the first few, each ``FILE:LINE: ...``."""
+    if len(bad) == 1:
+        return bad[0]
+    shown = "\n  ".join(bad[:SHOWN_ERRORS])
+    more = f"\n  ... and {len(bad) - SHOWN_ERRORS} more" if len(bad) > SHOWN_ERRORS else ""
+    return f"{source}: {len(bad)} of {total} rows {what}:\n  {shown}{more}"
+
+
+# -- reading files ---------------------------------------------------------------------------------
+
 def read_rows(path: Path) -> list[Any]:
-    """The rows of a .jsonl, .json (a list) or .parquet file; a bad line is named by its number."""
+    """The rows of a .jsonl, .json (a list) or .parquet file (see :func:`read_located_rows`)."""
+    return [row for _, row in read_located_rows(path)]
+
+
+def read_located_rows(path: Path) -> list[tuple[str, Any]]:
+    """``(where, row)`` for each row of a .jsonl, .json (a list) or .parquet file, ``where`` being
+    ``FILE:LINE`` (1-based, as editors count; ``FILE row N`` for parquet). A line that is not
+    UTF-8 or not JSON raises a :class:`DataError` that names its line."""
+    path = Path(path)
     if path.suffix == ".parquet":
         import datasets
 
         try:
-            return list(datasets.Dataset.from_parquet(str(path)))
+            rows = list(datasets.Dataset.from_parquet(str(path)))
         except Exception as e:
-            raise ValueError(f"{path}: not a readable parquet file ({e})") from None
+            raise DataError(f"{path}: not a readable parquet file ({e})") from None
+        return [(f"{path} row {n}", row) for n, row in enumerate(rows, 1)]
     if path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of rows, got {type(data).__name__}")
-        return data
+        return read_json_list(path)
     # JSONL is parsed line by line rather than through Arrow: a bad line is then reported by its
     # number, and rows whose golden_answers mix types do not break a schema inferred from the first.
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    return [(f"{path}:{n}", row) for n, row in iter_jsonl(path)]
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, decoded JSON)`` for each non-blank line; bytes are decoded line by line so
+    a stray Latin-1 byte is reported as ``FILE:LINE`` with its position."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark, as some Windows editors write
+            if not raw.strip():
                 continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {n}: not valid JSON ({e.msg})") from None
-    return rows
+            yield n, decode_json_line(raw, f"{path}:{n}")
+
+
+def decode_json_line(raw: bytes, where: str) -> Any:
+    """One line of bytes → its JSON value; ``where`` (``FILE:LINE``) starts any error."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: {_not_utf8(raw, e, e.start + 1)}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def _not_utf8(data: bytes, e: UnicodeDecodeError, column: int) -> str:
+    return (f"not UTF-8 text: byte {data[e.start]:#04x} at byte {column} of the line "
+            f"({e.reason}); the file may be Latin-1 or cp1252, save it as UTF-8")
+
+
+def read_json_list(path: Path) -> list[tuple[str, Any]]:
+    """A .json file holding a list of rows → ``(FILE:LINE, row)``, the line where each row starts."""
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"{path}:{line}: {_not_utf8(data, e, column)}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(value, list):
+        raise DataError(f"{path}:1: expected a JSON list of rows, got {type(value).__name__}")
+    # the text is valid JSON: walk the list once more to learn the line where each row starts
+    decoder, out = json.JSONDecoder(), []
+    pos, line, counted = text.index("[") + 1, 1, 0
+    for _ in value:
+        while text[pos] in " \t\r\n,":
+            pos += 1
+        line += text.count("\n", counted, pos)
+        counted = pos
+        row, pos = decoder.raw_decode(text, pos)
+        out.append((f"{path}:{line}", row))
+    return out
 
 
 def row_to_task(row: dict, task_id: str, where: str = "") -> Task:
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected an object, got {type(row).__name__}")
+        raise DataError(f"{where}: expected an object, got {type(row).__name__}")
     prompt = row.get("messages") or row.get("prompt") or row.get("question")
     if prompt is None:
-        raise ValueError(f"{where}: no 'prompt', 'question' or 'messages' field")
+        raise DataError(f"{where}: no 'prompt', 'question' or 'messages' field")
     if "answer" in row:
         answer = row["answer"]
     elif "golden_answers" in row:
         answer = row["golden_answers"]
     else:
-        raise ValueError(f"{where}: no 'answer' or 'golden_answers' field")
+        raise DataError(f"{where}: no 'answer' or 'golden_answers' field")
     info = {k: v for k, v in row.items()
             if k not in ("messages", "prompt", "question", "answer", "golden_answers", "id")}
     try:
         return Task(prompt, answer, info, id=task_id)
     except (ValueError, TypeError) as e:
-        raise ValueError(f"{where}: {e}") from None
+        raise DataError(f"{where}: {e}") from None

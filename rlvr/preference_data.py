@@ -15,8 +15,10 @@ assistant turn is trained, everything else is not), or pre-tokenised ``token_ids
 Messages go through the tokenizer's chat template; plain text is encoded as is and an EOS token is
 appended to completions so the model learns to stop. Sources: a bundled synthetic name
 (``synthetic_pref``, ``synthetic_sft``), a local ``.jsonl`` / ``.json`` / ``.parquet`` file, or a hub
-dataset ``hf:owner/name[:split]`` — all read through ``datasets``. Bad rows raise one error that
-lists them by index.
+dataset ``hf:owner/name[:split]``. Local ``.jsonl`` / ``.json`` files are read line by line by
+:func:`rlvr.data.read_located_rows`; parquet and hub data through ``datasets``. Bad rows raise one
+error that lists each as ``FILE:LINE`` (the 1-based line, as editors count; ``SOURCE row N``,
+counted from 1, for parquet, hub and bundled tables, which have no lines).
 """
 
 from __future__ import annotations
@@ -81,8 +83,14 @@ BUNDLED: dict[str, Callable[[int, int], list[dict[str, Any]]]] = {
 
 def load_rows(spec: str, limit: int = 0, seed: int = 0) -> list[dict[str, Any]]:
     """Rows of a bundled name, a local JSONL / JSON / parquet file, or ``hf:owner/name[:split]``."""
+    return [row for _, row in load_located_rows(spec, limit, seed)]
+
+
+def load_located_rows(spec: str, limit: int = 0, seed: int = 0) -> list[tuple[str, Any]]:
+    """``(where, row)`` pairs of :func:`load_rows`: ``where`` is ``FILE:LINE`` for JSONL / JSON
+    files, ``SOURCE row N`` (from 1) for tables without lines."""
     if spec in BUNDLED:
-        return BUNDLED[spec](limit or 256, seed)
+        return _numbered(spec, BUNDLED[spec](limit or 256, seed))
     if spec.startswith("hf:"):
         name, _, split = spec[3:].partition(":")
         import datasets
@@ -97,56 +105,40 @@ def load_rows(spec: str, limit: int = 0, seed: int = 0) -> list[dict[str, Any]]:
         if not path.exists():
             raise FileNotFoundError(f"data source {spec!r} is not a file, a bundled name "
                                     f"({', '.join(sorted(BUNDLED))}) or hf:owner/name[:split]")
-        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix)
-        if kind is None:
+        if path.suffix in (".jsonl", ".json"):
+            # read here, not through Arrow: a bad row is named by its line, and rows of mixed
+            # shapes are not forced into one schema inferred from the first rows
+            from rlvr.data import read_located_rows
+
+            rows = read_located_rows(path)
+            return rows[:limit] if limit else rows
+        if path.suffix != ".parquet":
             raise ValueError(f"{path}: expected a .jsonl, .json or .parquet file")
         import datasets
 
         try:
-            ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+            ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
         except Exception as e:
-            if kind != "json":
-                raise ValueError(f"{path}: could not be read as parquet: {type(e).__name__}: "
-                                 f"{str(e).splitlines()[0] if str(e) else ''}") from None
-            # Arrow needs one schema for all rows; rows of mixed shapes are read one by one so the
-            # bad ones can be named by index instead of failing the whole file.
-            rows = _read_json_rows(path)
-            return rows[:limit] if limit else rows
+            raise ValueError(f"{path}: could not be read as parquet: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}") from None
     if limit:
         ds = ds.select(range(min(limit, len(ds))))
-    return [dict(r) for r in ds]
+    return _numbered(spec, [dict(r) for r in ds])
 
 
-def _read_json_rows(path: Path) -> list[Any]:
-    import json
-
-    text = path.read_text()
-    if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of rows")
-        return data
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {n}: not valid JSON ({e.msg})") from None
-    return rows
+def _numbered(source: str, rows: list[Any]) -> list[tuple[str, Any]]:
+    return [(f"{source} row {n}", row) for n, row in enumerate(rows, 1)]
 
 
-def _collect_errors(rows, fn, source: str) -> list:
-    """Apply ``fn(row, index)`` to every row; raise once, naming every bad row's index."""
+def _collect_errors(rows: list[tuple[str, Any]], fn, source: str) -> list:
+    """Apply ``fn(row, index)`` to every ``(where, row)``; raise once, naming every bad row by its
+    ``where`` (``FILE:LINE``)."""
     out, bad = [], []
-    for i, row in enumerate(rows):
+    for i, (where, row) in enumerate(rows):
         try:
             out.append(fn(row, i))
         except (ValueError, TypeError, KeyError) as e:
-            bad.append(f"row {i}: {e}")
+            bad.append(f"{where}: {e}")
     if bad:
         shown = "\n  ".join(bad[:5]) + (f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise ValueError(f"{source}: {len(bad)} bad row(s) of {len(rows)}:\n  {shown}")
@@ -224,7 +216,7 @@ class PrefExample:
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[int]
-    index: int = 0  # row index in its source, for error messages
+    index: int = 0  # 0-based row index in its source
 
     def chosen_seq(self) -> tuple[list[int], list[int]]:
         """``(token_ids, loss_mask)`` of prompt + chosen; loss only on the response."""
@@ -278,8 +270,8 @@ def tokenize_preference_row(row: dict[str, Any], tokenizer, max_length: int = 0,
 
 def load_preference_data(spec: str, tokenizer, *, limit: int = 0, max_length: int = 0,
                          seed: int = 0) -> list[PrefExample]:
-    """Load and tokenise preference pairs; every bad row is reported by index."""
-    rows = load_rows(spec, limit, seed)
+    """Load and tokenise preference pairs; every bad row is reported by ``FILE:LINE``."""
+    rows = load_located_rows(spec, limit, seed)
     return _collect_errors(rows, lambda r, i: tokenize_preference_row(r, tokenizer, max_length, i), spec)
 
 
@@ -343,8 +335,8 @@ def sft_row_to_trajectory(row: dict[str, Any], tokenizer, max_length: int = 0, t
 
 def load_sft_data(spec: str, tokenizer, *, limit: int = 0, max_length: int = 0,
                   seed: int = 0) -> list[Trajectory]:
-    """Load and tokenise SFT rows as trajectories; every bad row is reported by index."""
-    rows = load_rows(spec, limit, seed)
+    """Load and tokenise SFT rows as trajectories; every bad row is reported by ``FILE:LINE``."""
+    rows = load_located_rows(spec, limit, seed)
     name = Path(spec).stem if not spec.startswith("hf:") else spec[3:]
     return _collect_errors(
         rows, lambda r, i: sft_row_to_trajectory(r, tokenizer, max_length, f"{name}:{i}"), spec)

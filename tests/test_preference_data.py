@@ -51,7 +51,7 @@ def test_truncation_keeps_prompt_end_and_response_start(tiny_tokenizer):
     assert len(ex.prompt_ids) + len(ex.rejected_ids) <= 20
 
 
-def test_bad_rows_are_reported_by_index(tiny_tokenizer, tmp_path):
+def test_bad_rows_are_reported_by_file_and_line(tiny_tokenizer, tmp_path):
     rows = [{"prompt": "a", "chosen": "b", "rejected": "c"},
             {"prompt": "a", "chosen": "b"},  # no rejected
             {"prompt": "a", "chosen": "b", "rejected": "c"},
@@ -61,7 +61,7 @@ def test_bad_rows_are_reported_by_index(tiny_tokenizer, tmp_path):
         load_preference_data(str(path), tiny_tokenizer)
     msg = str(e.value)
     assert "prefs.jsonl" in msg and "2 bad row(s) of 4" in msg
-    assert "row 1: missing 'rejected'" in msg and "row 3: 'chosen' is empty" in msg
+    assert f"{path}:2: missing 'rejected'" in msg and f"{path}:4: 'chosen' is empty" in msg
 
 
 def test_rows_of_mixed_shapes_are_still_named(tiny_tokenizer, tmp_path):
@@ -69,11 +69,11 @@ def test_rows_of_mixed_shapes_are_still_named(tiny_tokenizer, tmp_path):
     rows = [{"prompt": "a", "chosen": "b", "rejected": "c"},
             {"prompt": "a", "chosen": 5, "rejected": "c"}]
     path = write_jsonl(tmp_path / "mixed.jsonl", rows)
-    with pytest.raises(ValueError, match=r"row 1: 'chosen' must be text"):
+    with pytest.raises(ValueError, match=r"mixed.jsonl:2: 'chosen' must be text"):
         load_preference_data(str(path), tiny_tokenizer)
 
 
-def test_jsonl_and_parquet_load_through_datasets(tiny_tokenizer, tmp_path):
+def test_jsonl_and_parquet_give_the_same_pairs(tiny_tokenizer, tmp_path):
     import datasets
 
     rows = [{"prompt": USER, "chosen": [{"role": "assistant", "content": str(i)}],
@@ -132,6 +132,6 @@ def test_sft_token_rows_and_errors(tiny_tokenizer, tmp_path):
         load_sft_data(str(path), tiny_tokenizer)
     msg = str(e.value)
     assert "3 bad row(s) of 4" in msg
-    assert "row 1: 'loss_mask' (1) and 'token_ids' (2)" in msg
-    assert "row 2: expected 'prompt' + 'completion'" in msg
-    assert "row 3: 'token_ids' holds ids outside" in msg
+    assert f"{path}:2: 'loss_mask' (1) and 'token_ids' (2)" in msg
+    assert f"{path}:3: expected 'prompt' + 'completion'" in msg
+    assert f"{path}:4: 'token_ids' holds ids outside" in msg

@@ -66,15 +66,18 @@ def test_any_file_with_the_two_fields_jsonl_and_parquet(tmp_path):
 
 
 @pytest.mark.parametrize("row, message", [
-    ({"golden_answers": ["x"]}, "row 1: field 'question' must be non-empty text"),
-    ({"question": "  ", "golden_answers": ["x"]}, "row 1: field 'question' must be non-empty"),
-    ({"question": "q"}, "row 1: no 'golden_answers' field"),
-    ({"question": "q", "golden_answers": []}, "row 1: field 'golden_answers' must be a non-empty"),
-    ({"question": "q", "golden_answers": [["nested"]]}, r"row 1: golden_answers\[0\] must be text"),
-    ({"question": "q", "golden_answers": [""]}, "row 1: every entry of 'golden_answers' is empty"),
-    ([1, 2], "row 1: expected an object"),
+    ({"golden_answers": ["x"]}, "bad.jsonl:2: field 'question' must be non-empty text"),
+    ({"question": "  ", "golden_answers": ["x"]}, "bad.jsonl:2: field 'question' must be non-empty"),
+    ({"question": "q"}, "bad.jsonl:2: no 'golden_answers' field"),
+    ({"question": "q", "golden_answers": []}, "bad.jsonl:2: field 'golden_answers' must be a non-empty"),
+    ({"question": "q", "golden_answers": [["nested"]]}, r"bad.jsonl:2: golden_answers\[0\] must be text"),
+    ({"question": "q", "golden_answers": [""]}, "bad.jsonl:2: every entry of 'golden_answers' is empty"),
+    # qa_em drops golds that normalise to nothing, so this row could never be rewarded
+    ({"question": "q", "golden_answers": ["The", "a"]},
+     r"bad.jsonl:2: every entry of 'golden_answers' \(\['The', 'a'\]\) normalises to nothing"),
+    ([1, 2], "bad.jsonl:2: expected an object"),
 ])
-def test_bad_rows_name_file_row_and_field(tmp_path, row, message):
+def test_bad_rows_name_file_line_and_field(tmp_path, row, message):
     f = write_jsonl(tmp_path / "bad.jsonl", [ROWS[0], row])
     with pytest.raises(ValueError, match=message) as e:
         load_qa(str(f))
@@ -83,7 +86,7 @@ def test_bad_rows_name_file_row_and_field(tmp_path, row, message):
 
 def test_bad_json_line_and_unknown_names(tmp_path):
     f = write_jsonl(tmp_path / "broken.jsonl", [ROWS[0], "{not json"])
-    with pytest.raises(ValueError, match=r"broken.jsonl line 2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"broken.jsonl:2: not valid JSON"):
         load_qa(str(f))
     with pytest.raises(KeyError, match="unknown QA dataset 'squad'; known: nq, triviaqa"):
         load_qa("squad")

@@ -93,27 +93,23 @@ def parse_info(text: str | None, where: str) -> dict:
 
 
 def read_items(path: Path) -> list[dict]:
-    """Rows of a predictions file, each checked, with errors naming the file, line and field."""
+    """Rows of a predictions file, each checked, with errors naming ``FILE:LINE`` and the field
+    (a byte that is not UTF-8 too: lines are decoded one at a time)."""
+    from rlvr.data import iter_jsonl
+
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such predictions file")
     items = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise ValueError(f"{where}: not valid JSON ({e})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            if not isinstance(row.get("completion"), str):
-                raise ValueError(f"{where}: field 'completion' must be a string")
-            if "answer" not in row:
-                raise ValueError(f"{where}: missing field 'answer'")
-            info = row.get("info") or {}
-            if not isinstance(info, dict):
-                raise ValueError(f"{where}: field 'info' must be an object")
-            items.append({"completion": row["completion"], "answer": row["answer"], "info": info})
+    for lineno, row in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        if not isinstance(row.get("completion"), str):
+            raise ValueError(f"{where}: field 'completion' must be a string")
+        if "answer" not in row:
+            raise ValueError(f"{where}: missing field 'answer'")
+        info = row.get("info") or {}
+        if not isinstance(info, dict):
+            raise ValueError(f"{where}: field 'info' must be an object")
+        items.append({"completion": row["completion"], "answer": row["answer"], "info": info})
     return items
