@@ -46,9 +46,8 @@ class MetricsLogger:
         if resume_step is None:
             self.path.write_text("")
         elif self.path.exists():
-            keep = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
+            keep = [row for row in read_metrics(self.path) if row.get("step", 0) <= resume_step]
+            self.path.write_text("".join(json.dumps(row) + "\n" for row in keep))
         self._mirrors: list = []  # TensorBoard / W&B writers: log(step, scalars), close()
         if tensorboard:
             tb = TensorBoardWriter.open(self.dir / "tensorboard")
@@ -175,7 +174,27 @@ def _plain(v):
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+    """The rows of a ``metrics.jsonl``. A final line that does not parse is what a crash in the
+    middle of a write leaves behind: it is dropped with a warning. Any other bad line raises a
+    ``ValueError`` that names ``FILE:LINE``."""
+    path = Path(path)
+    lines = [(n, raw) for n, raw in enumerate(path.read_bytes().split(b"\n"), 1) if raw.strip()]
+    rows = []
+    for k, (n, raw) in enumerate(lines):
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            if k == len(lines) - 1:
+                log.warning("%s:%d: dropping a torn last line (%s), left by a run stopped in the "
+                            "middle of a write: %.80r", path, n, e, raw)
+                break
+            raise ValueError(f"{path}:{n}: not a valid metrics row ({e}); only a torn last line "
+                             f"is dropped, so this file was edited or damaged") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: expected a JSON object per step, got "
+                             f"{type(row).__name__}")
+        rows.append(row)
+    return rows
 
 
 def rollout_metrics(trajectories: Sequence[Trajectory], samples_per_prompt: int) -> dict[str, float]:
