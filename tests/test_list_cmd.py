@@ -5,9 +5,7 @@ import json
 import subprocess
 import sys
 
-import pytest
-
-from rlvr.registry import ALGORITHMS, ENVIRONMENTS, VERIFIERS, Registry, describe
+from rlvr.registry import ALGORITHMS, ENVIRONMENTS, VERIFIERS, describe
 
 
 def test_rlvr_list_imports_no_heavy_dependency():
@@ -22,19 +20,25 @@ def test_rlvr_list_imports_no_heavy_dependency():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("registry", [ENVIRONMENTS, VERIFIERS, ALGORITHMS], ids=lambda r: r.kind)
-def test_descriptions_read_from_source_match_the_loaded_objects(registry):
-    # a fresh registry has imported nothing, so it must read every built-in from its source
-    fresh = Registry(registry.kind, registry.group, registry.builtin_modules)
-    fresh_modules = [m for m in registry.builtin_modules if m in sys.modules]
-    described, broken = fresh.catalog()
-    loaded = {n: describe(o) for n, o in registry.items()}  # imports every built-in
-    if not fresh_modules:  # nothing was imported before: the static read was the only source
-        assert fresh._loaded is False
-    assert described == loaded and broken == {}
-    assert all(loaded.values()), "every built-in has a one-line description"
+def test_descriptions_read_from_source_match_the_loaded_objects():
+    # in a fresh process nothing is imported, so catalog() must read every built-in from source;
+    # then the registries are loaded and the objects' own docstrings must say the same
+    code = ("import json, sys\n"
+            "from rlvr.registry import ALGORITHMS, ENVIRONMENTS, VERIFIERS, describe\n"
+            "regs = (ENVIRONMENTS, VERIFIERS, ALGORITHMS)\n"
+            "static = [r.catalog() for r in regs]\n"
+            "assert not any(m in sys.modules for r in regs for m in r.builtin_modules)\n"
+            "loaded = [({n: describe(o) for n, o in r.items()}, r.broken()) for r in regs]\n"
+            "print(json.dumps([static, loaded]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    static, loaded = json.loads(out.stdout)
+    assert static == loaded
+    for described, broken in loaded:
+        assert described and all(described.values()) and broken == {}
     # once loaded, the listing comes from the objects themselves
-    assert registry.catalog() == (loaded, {})
+    for registry in (ENVIRONMENTS, VERIFIERS, ALGORITHMS):
+        assert registry.catalog() == ({n: describe(o) for n, o in registry.items()}, {})
 
 
 def test_listing_content_and_bundled_configs(capsys):
