@@ -275,9 +275,14 @@ class TrainConfig:
                 f"split into rl.mini_batches_per_epoch = {self.rl.mini_batches_per_epoch} equal parts")
         if self.rollout.max_new_tokens >= self.rollout.max_total_tokens:
             raise ValueError("rollout.max_new_tokens must be below rollout.max_total_tokens")
+        from rlvr.algorithms.base import OnPolicyAlgorithm, resolve_settings
+        from rlvr.registry import ALGORITHMS
         from rlvr.rewards import reward_spec
 
         reward_spec(self, check=False)  # shapes and duplicates now; names and paths at setup
+        learner = ALGORITHMS.get(self.algorithm)  # an unknown name fails here, listing the known
+        if isinstance(learner, OnPolicyAlgorithm):
+            resolve_settings(learner, self)  # a setting it cannot honour is refused before any load
         return self
 
 

@@ -66,7 +66,7 @@ def test_grpo_on_the_search_env_logs_env_metrics(tmp_path, tiny_tokenizer, monke
     pytest.importorskip("rlvr.verifiers.qa")
     pytest.importorskip("bm25s")
     import rlvr.hf_engine
-    from rlvr.learners import grpo
+    from rlvr.registry import ALGORITHMS
     from rlvr.models import build_tiny_model
     from rlvr.retrieval.bm25 import BM25Index
     from rlvr.retrieval.corpus import Passage
@@ -91,7 +91,7 @@ def test_grpo_on_the_search_env_logs_env_metrics(tmp_path, tiny_tokenizer, monke
     tasks = [Task("What is the capital of France", ["Paris"], id="q:0"),
              Task("What is the capital of Japan?", ["Tokyo"], id="q:1")]
     model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=1, seed=0)
-    grpo.train(cfg.validate(), model=model, tokenizer=tiny_tokenizer, tasks=tasks)
+    ALGORITHMS.get("grpo")(cfg.validate(), model=model, tokenizer=tiny_tokenizer, tasks=tasks)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     for row in rows:  # each step: 2 France and 2 Japan episodes

@@ -13,7 +13,8 @@ import torch
 
 from rlvr.batch import collate
 from rlvr.learners import common
-from rlvr.learners.ppo import ValueModel
+from rlvr.learners.critic import ValueModel
+from rlvr.registry import ALGORITHMS
 from conftest import tiny_learner_config
 from rlvr.types import Task, Trajectory
 
@@ -31,7 +32,7 @@ def _model(tokenizer):
 
 
 def _learner(algorithm):
-    return __import__(f"rlvr.learners.{algorithm}", fromlist=["train"])
+    return ALGORITHMS.get(algorithm)
 
 
 def _traj(i, sampled, *, reward, finish="eos", group=None):
@@ -70,15 +71,21 @@ def test_zero_variance_groups_are_dropped_and_counted(tmp_path, tiny_tokenizer, 
     rewards = [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
     _fake_rollout(monkeypatch, lambda: [_traj(i, [10 + i, 11], reward=r) for i, r in enumerate(rewards)])
     seen = {}
-    real_prepare = common.prepare_batch
+    real_prepare, real_update = common.prepare_batch, common.update_policy
 
-    def spy(s, trajs, advantages=None):
-        seen["tasks"], seen["adv"] = [t.task_id for t in trajs], advantages.clone()
+    def spy_prepare(s, trajs, advantages=None):
+        seen["tasks"] = [t.task_id for t in trajs]
         return real_prepare(s, trajs, advantages)
 
-    monkeypatch.setattr(common, "prepare_batch", spy)
+    def spy_update(s, batch, algo, **kw):
+        m = batch.loss_mask > 0
+        seen["adv"] = torch.tensor([float(row[mask][0]) for row, mask in zip(batch.advantages, m)])
+        return real_update(s, batch, algo, **kw)
+
+    monkeypatch.setattr(common, "prepare_batch", spy_prepare)
+    monkeypatch.setattr(common, "update_policy", spy_update)
     cfg = _cfg(tmp_path, "grpo", prompts=3, filter_zero_variance=filter_zero_variance, entropy_coef=0.01)
-    _learner("grpo").train(cfg, model=_model(tiny_tokenizer), tokenizer=tiny_tokenizer, tasks=TASKS)
+    _learner("grpo")(cfg, model=_model(tiny_tokenizer), tokenizer=tiny_tokenizer, tasks=TASKS)
     [row] = _rows(cfg)
     # g1 = [1, 0]: mean 0.5, unbiased std sqrt(((0.5)² + (0.5)²) / 1) = sqrt(0.5); A = ±0.5 / sqrt(0.5)
     a = 0.5 / math.sqrt(0.5)  # = 0.7071
@@ -100,7 +107,7 @@ def test_all_groups_flat_means_no_update(tmp_path, tiny_tokenizer, monkeypatch):
     before = [p.detach().clone() for p in model.parameters()]
     # an entropy bonus would move the weights if any trajectory reached the update
     cfg = _cfg(tmp_path, "grpo", filter_zero_variance=True, entropy_coef=0.1)
-    _learner("grpo").train(cfg, model=model, tokenizer=tiny_tokenizer, tasks=TASKS)
+    _learner("grpo")(cfg, model=model, tokenizer=tiny_tokenizer, tasks=TASKS)
     [row] = _rows(cfg)
     assert row["train/optimizer_steps"] == 0 and row["train/trajectories_used"] == 0
     assert row["train/groups_dropped"] == 2 and row["rollout/zero_variance_groups"] == 1.0
@@ -126,7 +133,7 @@ R3 = math.sqrt(3)
 ])
 def test_ppo_no_eos_penalty_and_reward_whitening(tmp_path, tiny_tokenizer, monkeypatch, penalty,
                                                   whiten_rewards, last_token_rewards, other_rewards):
-    from rlvr.learners import ppo
+    from rlvr.algorithms import ppo
 
     def make():
         return [_traj(0, [10, 11], reward=1.0, finish="eos"),
@@ -144,7 +151,7 @@ def test_ppo_no_eos_penalty_and_reward_whitening(tmp_path, tiny_tokenizer, monke
 
     monkeypatch.setattr(ppo, "gae", spy)
     cfg = _cfg(tmp_path, "ppo", no_eos_penalty=penalty, whiten_rewards=whiten_rewards)
-    ppo.train(cfg, model=_model(tiny_tokenizer), tokenizer=tiny_tokenizer, tasks=TASKS)
+    _learner("ppo")(cfg, model=_model(tiny_tokenizer), tokenizer=tiny_tokenizer, tasks=TASKS)
     r = seen["rewards"]  # (4, 4): prompt [5, 6] at 0-1, sampled tokens at 2-3
     assert seen["mask"][:, 2:].eq(1).all() and seen["mask"][:, :2].eq(0).all()
     assert r[:, 3].tolist() == pytest.approx(last_token_rewards, abs=1e-5)
@@ -158,8 +165,8 @@ def test_ppo_no_eos_penalty_and_reward_whitening(tmp_path, tiny_tokenizer, monke
 
 @pytest.mark.parametrize("algorithm,rl", [("grpo", {}), ("ppo", dict(critic="separate"))])
 def test_bf16_training_on_cpu(tmp_path, tiny_tokenizer, monkeypatch, algorithm, rl):
-    """``model.dtype = bfloat16`` loads the policy in bf16; a step changes the weights and every
-    loss stays finite."""
+    """``model.dtype = bfloat16`` is mixed precision: the weights AdamW updates stay float32
+    (master weights), a step changes them and every loss stays finite."""
     import rlvr.models
     from rlvr.data import load_tasks
 
@@ -175,9 +182,9 @@ def test_bf16_training_on_cpu(tmp_path, tiny_tokenizer, monkeypatch, algorithm, 
     cfg = _cfg(tmp_path, algorithm, entropy_coef=0.01, **rl)
     cfg.model.name_or_path, cfg.model.dtype = "tiny", "bfloat16"
     cfg.model.hidden_size, cfg.model.num_layers = 32, 1
-    report = _learner(algorithm).train(cfg, tasks=load_tasks("calculator", 4))
+    report = _learner(algorithm)(cfg, tasks=load_tasks("calculator", 4))
     model = loaded["model"]
-    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # master weights
     assert any(not torch.equal(a, b) for a, b in zip(loaded["before"], model.parameters()))
     final = report["final"]
     assert final["train/optimizer_steps"] == 1  # a non-finite gradient would have skipped it
@@ -233,11 +240,12 @@ def _gradients(tmp_path, tokenizer, monkeypatch, algorithm, rl, trailing, masked
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
     _fake_rollout(monkeypatch, lambda: _masked_trajectories(trailing, masked_logprob))
     if algorithm == "ppo":
-        from rlvr.learners import ppo
+        from rlvr.learners import critic, onpolicy
 
-        monkeypatch.setattr(ppo, "ValueModel", _NonZeroHead)
+        monkeypatch.setattr(critic, "ValueModel", _NonZeroHead)
+        monkeypatch.setattr(onpolicy, "ValueModel", _NonZeroHead)
     cfg = _cfg(tmp_path / tag, algorithm, **rl)
-    _learner(algorithm).train(cfg, model=_model(tokenizer), tokenizer=tokenizer, tasks=TASKS)
+    _learner(algorithm)(cfg, model=_model(tokenizer), tokenizer=tokenizer, tasks=TASKS)
     return grads
 
 

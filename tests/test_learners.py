@@ -5,7 +5,10 @@ import json
 import pytest
 import torch
 
+from rlvr.algorithms.grpo import GRPO
+from rlvr.algorithms.rloo import RLOO
 from rlvr.learners import common
+from rlvr.learners.runtime import lr_schedule
 from conftest import tiny_learner_config
 from rlvr.types import Trajectory
 
@@ -24,7 +27,7 @@ def fresh_model(tiny_tokenizer):
 @pytest.mark.parametrize("algorithm,rl", [
     ("grpo", dict(kl_coef=0.1, epochs_per_batch=2, mini_batches_per_epoch=2)),
     ("ppo", dict(kl_coef=0.05, kl_in_reward=True, critic="separate", no_eos_penalty=0.5)),
-    ("ppo", dict(critic="shared", kl_target=0.01)),
+    ("ppo", dict(critic="shared", kl_coef=0.05, kl_target=0.01)),
     ("rloo", dict(kl_coef=0.1, kl_in_reward=True)),
     ("reinforce", dict(baseline="moving-average")),
 ])
@@ -35,7 +38,7 @@ def test_learner_runs_two_steps_and_changes_weights(tmp_path, tiny_tokenizer, fr
     # an entropy bonus guarantees a gradient even when every reward of the random model is 0
     cfg = _cfg(tmp_path, algorithm, entropy_coef=0.01, **rl)
     before = [p.detach().clone() for p in fresh_model.parameters()]
-    train = __import__(ALGORITHMS.get(algorithm).__module__, fromlist=["train"]).train
+    train = ALGORITHMS.get(algorithm)
     evals = []
     report = train(cfg, model=fresh_model, tokenizer=tiny_tokenizer, tasks=load_tasks("calculator", 8),
                    eval_fn=lambda model, tok: evals.append(1) or {"score": 0.5})
@@ -87,6 +90,7 @@ def test_only_loss_mask_tokens_enter_policy_kl_and_entropy(tmp_path, tiny_tokeni
     # make the sampled tokens' behaviour logprobs on-policy (the fixtures' -1.0 / -2.0 would put
     # every ratio outside the clip range, where the surrogate has no gradient at all)
     batch.logprobs = torch.where(sampled > 0, common.forward_logprobs(s, batch), batch.logprobs)
+    batch.old_logprobs = batch.logprobs
     captured = {}
     real = common.token_logprobs
 
@@ -98,7 +102,7 @@ def test_only_loss_mask_tokens_enter_policy_kl_and_entropy(tmp_path, tiny_tokeni
         return lp, ent
 
     monkeypatch.setattr(common, "token_logprobs", spy)
-    per_token, _ = common.policy_loss_terms(s, batch, clipped=True, kl_coef=0.5)
+    per_token, _ = common.policy_loss_terms(s, batch, GRPO, kl_coef=0.5)
     common.aggregate(per_token, batch.loss_mask, "token-mean", num_seqs=2,
                      num_tokens=batch.num_tokens, max_len=16).backward()
     observation = batch.attention_mask.bool() & ~sampled.bool()
@@ -125,7 +129,7 @@ def test_one_batch_of_8_equals_two_micro_batches_of_4(tmp_path, tiny_tokenizer, 
     for micro in (8, 4):
         s.cfg.optim.micro_batch_size = micro
         s.model.zero_grad(set_to_none=True)
-        common.accumulate_gradients(s, batch, clipped=True, kl_coef=0.2)
+        common.accumulate_gradients(s, batch, GRPO, kl_coef=0.2)
         grads.append(torch.cat([p.grad.flatten() for p in s.model.parameters()]))
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
@@ -152,7 +156,7 @@ def test_lora_reference_is_the_adapter_disabled_base(tmp_path, tiny_tokenizer, f
     m = batch.loss_mask.bool()
     # LoRA's B matrices start at 0: policy and reference agree before training
     torch.testing.assert_close(common.forward_logprobs(s, batch)[m], batch.ref_logprobs[m])
-    common.update_policy(s, batch, clipped=True, kl_coef=0.1)
+    common.update_policy(s, batch, GRPO, kl_coef=0.1)
     after = common.forward_logprobs(s, batch)
     ref_after = common.forward_logprobs(s, batch, reference=True)
     torch.testing.assert_close(ref_after[m], batch.ref_logprobs[m])  # the base did not move
@@ -166,7 +170,7 @@ def test_failed_episode_without_tokens_does_not_break_the_batch(tmp_path, tiny_t
     trajs = [empty] + _mixed_trajectories(1)
     batch = common.prepare_batch(s, trajs, torch.tensor([1.0, -1.0]))
     assert len(batch) == 2 and batch.loss_mask[0].sum() == 0
-    stats = common.update_policy(s, batch, clipped=False)
+    stats = common.update_policy(s, batch, RLOO)
     assert stats["train/optimizer_steps"] == 1 and torch.isfinite(torch.tensor(stats["train/loss"]))
 
 
@@ -174,7 +178,7 @@ def test_warmup_then_linear_decay(tmp_path):
     cfg = _cfg(tmp_path)
     cfg.optim.warmup_steps, cfg.optim.schedule, cfg.optim.lr = 2, "linear", 1.0
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = common.make_scheduler(opt, cfg, total=6)
+    sched = lr_schedule(opt, cfg.optim, total_steps=6)
     lrs = []
     for _ in range(6):
         lrs.append(sched.get_last_lr()[0])

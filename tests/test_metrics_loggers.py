@@ -71,7 +71,7 @@ def test_wandb_missing_is_a_clear_error_only_when_asked_for(tmp_path, monkeypatc
 
 def test_wandb_project_from_the_command_line_reaches_a_training_run(tmp_path, tiny_tokenizer, fake_wandb):
     from rlvr.data import load_tasks
-    from rlvr.learners import reinforce
+    from rlvr.registry import ALGORITHMS
     from rlvr.models import build_tiny_model
 
     cfg = load_config(None, ["--algorithm", "reinforce", "--run.wandb_project", "rlvr-tests",
@@ -80,7 +80,7 @@ def test_wandb_project_from_the_command_line_reaches_a_training_run(tmp_path, ti
                              "--rl.prompts_per_step", "2", "--rollout.samples_per_prompt", "2",
                              "--rollout.max_new_tokens", "4", "--rollout.max_total_tokens", "96"])
     model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=1, seed=0)
-    reinforce.train(cfg, model=model, tokenizer=tiny_tokenizer, tasks=load_tasks("calculator", 4))
+    ALGORITHMS.get("reinforce")(cfg, model=model, tokenizer=tiny_tokenizer, tasks=load_tasks("calculator", 4))
     [run] = fake_wandb.runs
     rows = read_metrics(tmp_path / "rf" / "metrics.jsonl")
     assert [step for step, _ in run.logged] == [r["step"] for r in rows] == [1, 2]

@@ -26,7 +26,8 @@ import torch
 
 from rlvr.batch import Batch, collate, token_logprobs
 from rlvr.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from rlvr.config import TrainConfig, dump_config
+from rlvr.config import TrainConfig
+from rlvr.learners.runtime import GuardedStep, lr_schedule, run_dir, seed_everything
 from rlvr.losses import aggregate, kl_estimator, kl_k3
 from rlvr.metrics import MetricsLogger, environment_metrics, rollout_metrics
 from rlvr.types import Task, Trajectory
@@ -77,6 +78,7 @@ class Session:
     start_step: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # learner state saved in checkpoints
     own_logger: bool = True
+    extra_runtime: dict[str, Any] = field(default_factory=dict)  # not checkpointed (the step guard)
 
     def compute(self):
         """The context of every forward pass: autocast to ``model.dtype`` (mixed precision over
@@ -104,31 +106,8 @@ def master_weights_fp32(model, dtype_name: str):
     return model
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def total_optimizer_steps(cfg: TrainConfig) -> int:
     return cfg.run.steps * cfg.rl.epochs_per_batch * cfg.rl.mini_batches_per_epoch
-
-
-def make_scheduler(optimizer, cfg: TrainConfig, total: int):
-    """Linear warm-up for ``optim.warmup_steps``, then constant, linear or cosine decay to 0."""
-    warm, kind = cfg.optim.warmup_steps, cfg.optim.schedule
-    if kind not in ("constant", "linear", "cosine"):
-        raise ValueError(f"optim.schedule {kind!r} is not constant, linear or cosine")
-
-    def factor(i: int) -> float:
-        if i < warm:
-            return (i + 1) / warm
-        if kind == "constant":
-            return 1.0
-        frac = min(1.0, (i - warm) / max(1, total - warm))
-        return 1.0 - frac if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * frac))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _apply_lora(model, rank: int):
@@ -147,7 +126,8 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
     from rlvr.data import load_tasks
     from rlvr.hf_engine import HFEngine
     from rlvr.models import load_policy, pick_device
-    from rlvr.rewards import env_config
+    from rlvr.registry import ENVIRONMENTS
+    from rlvr.rewards import env_config, reward_spec
     from rlvr.rollout import make_env_factory
 
     env_cfg = env_config(cfg)  # the reward's verifiers; a bad name or path fails before loading
@@ -168,17 +148,19 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
             ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params or [])
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    scheduler = make_scheduler(optimizer, cfg, total_optimizer_steps(cfg))
+    scheduler = lr_schedule(optimizer, cfg.optim, total_optimizer_steps(cfg))
     if cfg.rollout.engine != "hf":
         raise ValueError(f"rollout.engine {cfg.rollout.engine!r}: the on-policy algorithms run the "
                          f"hf engine in-process")
     engine = HFEngine(model, tokenizer, device=device)
-    tasks = tasks if tasks is not None else load_tasks(cfg.data.train, cfg.data.limit, cfg.run.seed)
-    eval_tasks = load_tasks(cfg.data.eval, cfg.data.limit, cfg.run.seed + 1) if cfg.data.eval else None
-    out_dir = Path(cfg.run.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not (out_dir / "config.yaml").exists() or not cfg.run.resume:
-        dump_config(cfg, out_dir / "config.yaml")
+    # rows no verifier of this run can reward are refused at load (unless reward models score)
+    verifiers = env_cfg.verifiers or getattr(ENVIRONMENTS.get(env_cfg.name), "verifiers", {})
+    why = "the reward comes from reward models" if reward_spec(cfg).models else ""
+    tasks = tasks if tasks is not None else load_tasks(cfg.data.train, cfg.data.limit, cfg.run.seed,
+                                                       verifiers=verifiers, answers_optional=why)
+    eval_tasks = (load_tasks(cfg.data.eval, cfg.data.limit, cfg.run.seed + 1, verifiers=verifiers,
+                             answers_optional=why) if cfg.data.eval else None)
+    out_dir = run_dir(cfg)
     s = Session(cfg, model, tokenizer, ref_model, optimizer, scheduler, engine,
                 env_factory, PromptStream(tasks, cfg.run.seed, cfg.data.shuffle),
                 eval_tasks, logger, out_dir, device, own_logger=logger is None)
@@ -359,7 +341,7 @@ def update_policy(s: Session, batch: Batch, algo, *, kl_coef: float = 0.0, step:
     sums: dict[str, float] = {}
     tokens, losses, grad_norms, opt_steps, gap = 0.0, [], [], 0, None
     s.model.train()
-    params = [p for g in s.optimizer.param_groups for p in g["params"]]
+    guard = s.extra_runtime.setdefault("guard", GuardedStep(s.optimizer, s.scheduler, cfg.optim.max_grad_norm))
     for epoch in range(cfg.rl.epochs_per_batch):
         for mini in mini_batches(batch, cfg.rl.mini_batches_per_epoch,
                                  seed=cfg.run.seed * 1_000_003 + step * 101 + epoch):
@@ -368,13 +350,9 @@ def update_policy(s: Session, batch: Batch, algo, *, kl_coef: float = 0.0, step:
             g_sum, g_n = part.pop("logprob_gap"), part.pop("sampled_tokens")
             if gap is None:
                 gap = g_sum / max(g_n, 1.0)
-            gn = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm or float("inf"))
-            if not torch.isfinite(gn):  # one bad batch must not poison the weights
-                log.warning("step %d: non-finite gradient norm, optimizer step skipped", step)
-                s.optimizer.zero_grad(set_to_none=True)
+            gn = guard(loss, step)  # a non-finite step is dropped before it touches the weights
+            if gn is None:
                 continue
-            s.optimizer.step()
-            s.scheduler.step()
             opt_steps += 1
             losses.append(loss)
             grad_norms.append(float(gn))
@@ -427,7 +405,7 @@ def log_and_checkpoint(s: Session, step: int, metrics: dict, eval_fn: Callable |
     s.extra["data_position"] = s.prompts.position
     if last or (cfg.run.save_every and step % cfg.run.save_every == 0):
         save_checkpoint(s.out_dir, step, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler,
-                        tokenizer=s.tokenizer, extra=s.extra)
+                        tokenizer=s.tokenizer, extra=s.extra, keep_checkpoints=cfg.run.keep_checkpoints)
 
 
 def finish(s: Session, history: list[dict]) -> dict:

@@ -27,6 +27,7 @@ import torch
 
 import rlvr
 from rlvr.learners import offline_common as oc
+from rlvr.learners.runtime import GuardedStep
 from rlvr.pref_losses import PrefLoss, cdpo_loss, dpo_sigmoid_loss, ipo_loss, simpo_loss
 from rlvr.preference_data import PrefExample
 
@@ -113,6 +114,7 @@ def train_dpo(model, pairs: Sequence[PrefExample], ref: PairLogps | None, cfg, p
     n, bs = len(pairs), max(1, pref.batch_size)
     opt, sched = oc.make_optimizer(model.parameters(), cfg.optim,
                                    oc.planned_steps(n, bs, pref.epochs, cfg.run.steps))
+    guard = GuardedStep(opt, sched, cfg.optim.max_grad_norm, f"the {pref.loss} loss")
     model.train()
     history: list[dict[str, float]] = []
     for step, idx in enumerate(oc.batches(n, bs, epochs=pref.epochs, max_steps=cfg.run.steps,
@@ -134,16 +136,15 @@ def train_dpo(model, pairs: Sequence[PrefExample], ref: PairLogps | None, cfg, p
             sums["correct"] += float((out.chosen_rewards > out.rejected_rewards).sum())
             sums["logp_c"] += float(pol.chosen.detach().sum())
             sums["logp_r"] += float(pol.rejected.detach().sum())
-        grad_norm = oc.clip_and_step(model, opt, sched, cfg.optim.max_grad_norm)
         k = len(idx)
+        grad_norm = guard(sums["loss"] / k, step)  # None: skipped, the weights untouched
         m = {"train/loss": sums["loss"] / k, "pref/chosen_reward": sums["chosen"] / k,
              "pref/rejected_reward": sums["rejected"] / k,
              "pref/margin": (sums["chosen"] - sums["rejected"]) / k,
              "pref/accuracy": sums["correct"] / k, "pref/logp_chosen": sums["logp_c"] / k,
-             "pref/logp_rejected": sums["logp_r"] / k, "train/grad_norm": grad_norm,
-             "train/lr": sched.get_last_lr()[0], "time/step": time.perf_counter() - t0}
-        if not math.isfinite(m["train/loss"]):
-            raise FloatingPointError(f"{pref.loss} loss is {m['train/loss']} at step {step}; lower optim.lr")
+             "pref/logp_rejected": sums["logp_r"] / k, "train/grad_norm": grad_norm or math.nan,
+             "train/skipped_steps": guard.skipped, "train/lr": sched.get_last_lr()[0],
+             "time/step": time.perf_counter() - t0}
         history.append(m)
         oc.log_metrics(logger, step, m)
     model.eval()
@@ -152,7 +153,7 @@ def train_dpo(model, pairs: Sequence[PrefExample], ref: PairLogps | None, cfg, p
 
 
 @rlvr.algorithm("dpo")
-def run(cfg, output_dir: str | Path | None = None) -> dict[str, Any]:
+def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     """DPO / cDPO / IPO / SimPO on preference pairs (``pref.loss``)."""
     from rlvr.config import ModelConfig
     from rlvr.models import load_policy, pick_device
@@ -162,9 +163,10 @@ def run(cfg, output_dir: str | Path | None = None) -> dict[str, Any]:
     if cfg.model.lora_rank:
         raise ValueError("model.lora_rank > 0 is not supported by the dpo learner; use full fine-tuning")
     oc.seed_everything(cfg.run.seed)
-    out = oc.prepare_run_dir(cfg, output_dir)
+    out = oc.prepare_run_dir(cfg)
     device = pick_device(cfg.run.device)
-    model, tokenizer = load_policy(cfg.model, device)
+    if model is None or tokenizer is None:
+        model, tokenizer = load_policy(cfg.model, device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     pairs = load_preference_data(cfg.data.train, tokenizer, limit=cfg.data.limit,
                                  max_length=cfg.pref.max_length, seed=cfg.run.seed)
@@ -191,12 +193,14 @@ def run(cfg, output_dir: str | Path | None = None) -> dict[str, Any]:
             ref_model = None  # freed: the reference is never run again
 
     before = evaluate(model, held, ref_held, cfg.pref, pad, cfg.optim.micro_batch_size)
-    logger = oc.open_logger(out, cfg, oc.planned_steps(len(pairs), max(1, cfg.pref.batch_size),
+    own_logger = logger is None
+    logger = logger if logger is not None else oc.open_logger(out, cfg, oc.planned_steps(len(pairs), max(1, cfg.pref.batch_size),
                                                        cfg.pref.epochs, cfg.run.steps))
     try:
         stats = train_dpo(model, pairs, ref_train, cfg, pad, logger, ref_model)
     finally:
-        oc.close_logger(logger)
+        if own_logger:
+            oc.close_logger(logger)
     after = evaluate(model, held, ref_held, cfg.pref, pad, cfg.optim.micro_batch_size)
     final = oc.save_pretrained(model, tokenizer, out / "final")
     report = {"algorithm": "dpo", "loss_type": cfg.pref.loss, "train_pairs": len(pairs),

@@ -6,6 +6,7 @@ directory. No loss math here — that lives in :mod:`rlvr.pref_losses`.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 from pathlib import Path
@@ -14,7 +15,12 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from rlvr.batch import collate, token_logprobs
+from rlvr.checkpoint import save_model_dir
+from rlvr.learners.runtime import lr_schedule, run_dir as prepare_run_dir, seed_everything  # noqa: F401
+from rlvr.metrics import MetricsLogger
 from rlvr.types import Trajectory
+
+log = logging.getLogger(__name__)
 
 
 def _as_trajectory(seq) -> Trajectory:
@@ -53,37 +59,21 @@ def batches(n: int, batch_size: int, *, epochs: int, max_steps: int, seed: int,
 
 
 def planned_steps(n: int, batch_size: int, epochs: int, max_steps: int) -> int:
+    """Optimizer steps of ``epochs`` passes over ``n`` rows, capped at ``run.steps`` when > 0."""
     per_epoch = math.ceil(n / batch_size)
     total = per_epoch * max(1, epochs)
+    if max_steps > total:
+        log.warning("run.steps = %d, but pref.epochs = %d pass(es) over %d rows in batches of %d "
+                    "make only %d optimizer steps; raise pref.epochs for more", max_steps, epochs,
+                    n, batch_size, total)
     return min(total, max_steps) if max_steps else total
 
 
 def make_optimizer(params, optim_cfg, total_steps: int):
-    """AdamW with linear warm-up then constant / linear / cosine decay (``optim.schedule``)."""
+    """AdamW and the one learning-rate schedule (:func:`rlvr.learners.runtime.lr_schedule`)."""
     params = [p for p in params if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
-    warm, total, kind = optim_cfg.warmup_steps, max(1, total_steps), optim_cfg.schedule
-    if kind not in ("constant", "linear", "cosine"):
-        raise ValueError(f"optim.schedule {kind!r} is not constant, linear or cosine")
-
-    def factor(step: int) -> float:
-        if warm and step < warm:
-            return (step + 1) / warm
-        if kind == "constant":
-            return 1.0
-        frac = min(1.0, (step - warm) / max(1, total - warm))
-        return 1.0 - frac if kind == "linear" else 0.5 * (1 + math.cos(math.pi * frac))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-def clip_and_step(model, opt, sched, max_grad_norm: float) -> float:
-    norm = torch.nn.utils.clip_grad_norm_(
-        [p for p in model.parameters() if p.requires_grad], max_grad_norm if max_grad_norm > 0 else float("inf"))
-    opt.step()
-    sched.step()
-    opt.zero_grad(set_to_none=True)
-    return float(norm)
+    return opt, lr_schedule(opt, optim_cfg, total_steps)
 
 
 def micro_chunks(idx: list[int], micro_batch_size: int) -> Iterator[list[int]]:
@@ -92,26 +82,9 @@ def micro_chunks(idx: list[int], micro_batch_size: int) -> Iterator[list[int]]:
         yield idx[i:i + size]
 
 
-class _JsonlLogger:
-    def __init__(self, output_dir: str | Path) -> None:
-        self.path = Path(output_dir) / "metrics.jsonl"
-        self.path.write_text("")
-
-    def log(self, step: int, metrics: dict[str, Any]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
-
-    def close(self) -> None:
-        pass
-
-
 def open_logger(output_dir: str | Path, cfg, total_steps: int):
     """The project's :class:`rlvr.metrics.MetricsLogger` (``metrics.jsonl``, progress bar,
     optional TensorBoard and Weights & Biases)."""
-    try:
-        from rlvr.metrics import MetricsLogger
-    except ImportError:  # a build without the metrics module: plain metrics.jsonl
-        return _JsonlLogger(output_dir)
     return MetricsLogger(output_dir, total_steps=total_steps, progress=cfg.run.progress,
                          tensorboard=cfg.run.log_tensorboard,
                          wandb_project=getattr(cfg.run, "wandb_project", None), wandb_config=cfg)
@@ -127,31 +100,13 @@ def close_logger(logger) -> None:
         logger.close()
 
 
-def prepare_run_dir(cfg, output_dir: str | Path | None) -> Path:
-    """The run directory, with ``config.yaml`` written unless the caller already wrote one."""
-    from rlvr.config import dump_config
-
-    out = Path(output_dir or cfg.run.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / "config.yaml").exists():
-        dump_config(cfg, out / "config.yaml")
-    return out
-
-
 def write_report(out: Path, report: dict[str, Any]) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
 
 
 def save_pretrained(model, tokenizer, path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
+    """``final/``, written all or nothing (:func:`rlvr.checkpoint.save_model_dir`)."""
+    return save_model_dir(model, tokenizer, path)
 
 
 def split_holdout(items: list, fraction: float, seed: int) -> tuple[list, list]:

@@ -21,6 +21,7 @@ import torch
 
 import rlvr
 from rlvr.learners import offline_common as oc
+from rlvr.learners.runtime import GuardedStep
 from rlvr.pref_losses import bradley_terry_loss
 from rlvr.preference_data import PrefExample
 
@@ -58,6 +59,7 @@ def train_reward_model(model, tokenizer, pairs: Sequence[PrefExample], cfg, logg
     n, bs = len(pairs), max(1, cfg.pref.batch_size)
     opt, sched = oc.make_optimizer(model.parameters(), cfg.optim,
                                    oc.planned_steps(n, bs, cfg.pref.epochs, cfg.run.steps))
+    guard = GuardedStep(opt, sched, cfg.optim.max_grad_norm, "the reward-model loss")
     model.train()
     history: list[dict[str, float]] = []
     for step, idx in enumerate(oc.batches(n, bs, epochs=cfg.pref.epochs, max_steps=cfg.run.steps,
@@ -73,12 +75,11 @@ def train_reward_model(model, tokenizer, pairs: Sequence[PrefExample], cfg, logg
             loss_sum += float(out.losses.detach().sum())
             correct += float((out.chosen_rewards > out.rejected_rewards).sum())
             margin_sum += float((out.chosen_rewards - out.rejected_rewards).sum())
-        grad_norm = oc.clip_and_step(model, opt, sched, cfg.optim.max_grad_norm)
+        grad_norm = guard(loss_sum / len(idx), step)  # None: skipped, the weights untouched
         m = {"train/loss": loss_sum / len(idx), "pref/accuracy": correct / len(idx),
-             "pref/margin": margin_sum / len(idx), "train/grad_norm": grad_norm,
-             "train/lr": sched.get_last_lr()[0], "time/step": time.perf_counter() - t0}
-        if not math.isfinite(m["train/loss"]):
-            raise FloatingPointError(f"reward-model loss is {m['train/loss']} at step {step}; lower optim.lr")
+             "pref/margin": margin_sum / len(idx), "train/grad_norm": grad_norm or math.nan,
+             "train/skipped_steps": guard.skipped, "train/lr": sched.get_last_lr()[0],
+             "time/step": time.perf_counter() - t0}
         history.append(m)
         oc.log_metrics(logger, step, m)
     model.eval()
@@ -87,7 +88,7 @@ def train_reward_model(model, tokenizer, pairs: Sequence[PrefExample], cfg, logg
 
 
 @rlvr.algorithm("rm")
-def run(cfg, output_dir: str | Path | None = None) -> dict[str, Any]:
+def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     """Bradley–Terry reward model on preference pairs; reports pairwise accuracy."""
     from rlvr.models import pick_device
     from rlvr.preference_data import load_preference_data
@@ -96,8 +97,9 @@ def run(cfg, output_dir: str | Path | None = None) -> dict[str, Any]:
     if cfg.model.lora_rank:
         raise ValueError("model.lora_rank > 0 is not supported by the rm learner; use full fine-tuning")
     oc.seed_everything(cfg.run.seed)
-    out = oc.prepare_run_dir(cfg, output_dir)
-    model, tokenizer = build_reward_model(cfg.model, pick_device(cfg.run.device))
+    out = oc.prepare_run_dir(cfg)
+    if model is None or tokenizer is None:
+        model, tokenizer = build_reward_model(cfg.model, pick_device(cfg.run.device))
     pairs = load_preference_data(cfg.data.train, tokenizer, limit=cfg.data.limit,
                                  max_length=cfg.pref.max_length, seed=cfg.run.seed)
     if cfg.data.eval:
@@ -106,12 +108,14 @@ def run(cfg, output_dir: str | Path | None = None) -> dict[str, Any]:
     else:
         pairs, held = oc.split_holdout(pairs, cfg.pref.eval_fraction, cfg.run.seed)
     before = evaluate_pairs(model, tokenizer, held, cfg.optim.micro_batch_size)
-    logger = oc.open_logger(out, cfg, oc.planned_steps(len(pairs), max(1, cfg.pref.batch_size),
+    own_logger = logger is None
+    logger = logger if logger is not None else oc.open_logger(out, cfg, oc.planned_steps(len(pairs), max(1, cfg.pref.batch_size),
                                                        cfg.pref.epochs, cfg.run.steps))
     try:
         stats = train_reward_model(model, tokenizer, pairs, cfg, logger)
     finally:
-        oc.close_logger(logger)
+        if own_logger:
+            oc.close_logger(logger)
     after = evaluate_pairs(model, tokenizer, held, cfg.optim.micro_batch_size)
     ref = after.pop("chosen_scores")
     before.pop("chosen_scores")

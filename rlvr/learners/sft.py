@@ -22,6 +22,7 @@ import torch
 import rlvr
 from rlvr.batch import collate, token_logprobs
 from rlvr.learners import offline_common as oc
+from rlvr.learners.runtime import GuardedStep
 from rlvr.pref_losses import masked_nll_sum
 from rlvr.types import Trajectory
 
@@ -78,6 +79,7 @@ def train_on_trajectories(model, tokenizer, trajectories: Sequence[Trajectory], 
     n, bs = len(trajectories), max(1, cfg.pref.batch_size)
     total = oc.planned_steps(n, bs, cfg.pref.epochs, cfg.run.steps)
     opt, sched = oc.make_optimizer(model.parameters(), cfg.optim, total)
+    guard = GuardedStep(opt, sched, cfg.optim.max_grad_norm, "the SFT loss")
     model.train()
     losses: list[float] = []
     tokens = 0
@@ -87,9 +89,9 @@ def train_on_trajectories(model, tokenizer, trajectories: Sequence[Trajectory], 
         batch = [trajectories[i] for i in idx]
         loss = accumulate_gradients(model, batch, pad_id, cfg.optim.micro_batch_size)
         batch_tokens = sum(t.num_sampled for t in batch)
-        grad_norm = oc.clip_and_step(model, opt, sched, cfg.optim.max_grad_norm)
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"SFT loss is {loss} at step {step}; lower optim.lr")
+        grad_norm = guard(loss, step)  # None: skipped, the weights untouched
+        if grad_norm is None:
+            continue
         losses.append(loss)
         tokens += batch_tokens
         oc.log_metrics(logger, step, {"train/loss": loss, "train/grad_norm": grad_norm,
@@ -100,7 +102,7 @@ def train_on_trajectories(model, tokenizer, trajectories: Sequence[Trajectory], 
 
 
 @rlvr.algorithm("sft")
-def run(cfg, output_dir: str | Path | None = None) -> dict[str, Any]:
+def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     """Supervised fine-tuning on completion tokens (prompt/completion, messages or token rows)."""
     from rlvr.models import load_policy, pick_device
     from rlvr.preference_data import load_sft_data
@@ -108,8 +110,9 @@ def run(cfg, output_dir: str | Path | None = None) -> dict[str, Any]:
     if cfg.model.lora_rank:
         raise ValueError("model.lora_rank > 0 is not supported by the sft learner; use full fine-tuning")
     oc.seed_everything(cfg.run.seed)
-    out = oc.prepare_run_dir(cfg, output_dir)
-    model, tokenizer = load_policy(cfg.model, pick_device(cfg.run.device))
+    out = oc.prepare_run_dir(cfg)
+    if model is None or tokenizer is None:
+        model, tokenizer = load_policy(cfg.model, pick_device(cfg.run.device))
     train = load_sft_data(cfg.data.train, tokenizer, limit=cfg.data.limit,
                           max_length=cfg.pref.max_length, seed=cfg.run.seed)
     if cfg.data.eval:
@@ -119,12 +122,14 @@ def run(cfg, output_dir: str | Path | None = None) -> dict[str, Any]:
         train, held_out = oc.split_holdout(train, cfg.pref.eval_fraction, cfg.run.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eval_before = nll_of(model, held_out, pad_id, cfg.optim.micro_batch_size)
-    logger = oc.open_logger(out, cfg, oc.planned_steps(len(train), max(1, cfg.pref.batch_size),
+    own_logger = logger is None
+    logger = logger if logger is not None else oc.open_logger(out, cfg, oc.planned_steps(len(train), max(1, cfg.pref.batch_size),
                                                        cfg.pref.epochs, cfg.run.steps))
     try:
         stats = train_on_trajectories(model, tokenizer, train, cfg, logger)
     finally:
-        oc.close_logger(logger)
+        if own_logger:
+            oc.close_logger(logger)
     eval_after = nll_of(model, held_out, pad_id, cfg.optim.micro_batch_size)
     final = oc.save_pretrained(model, tokenizer, out / "final")
     report = {"algorithm": "sft", "train_rows": len(train), "eval_rows": len(held_out),
