@@ -28,3 +28,27 @@ def test_rlvr_train_grpo_calculator_reward_rises(tmp_path):
     # lifts the mean reward well above that
     assert last > first + 0.05 and last > 2 * first, reward
     assert (out / "checkpoints" / f"step_{steps:06d}" / "model" / "config.json").exists()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("config", ["gspo_calculator", "cispo_calculator", "dapo_calculator",
+                                    "reinforce_pp_calculator"])
+def test_new_algorithms_bundled_configs_train_with_reward_rising(tmp_path, config):
+    """Each new algorithm's tiny config through ``rlvr train`` (12 of its 16 steps): the mean reward
+    of steps 8-12 clearly exceeds that of steps 1-5 (a random policy scores ~0.03)."""
+    out = tmp_path / config
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    res = subprocess.run([sys.executable, "-m", "rlvr", "train", config, "--output-dir", str(out),
+                          "--run.steps", "12", "--run.progress", "false"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    reward = [r["reward/mean"] for r in rows]
+    first, last = sum(reward[:5]) / 5, sum(reward[-5:]) / 5
+    assert last > first + 0.04 and last > 2 * first, reward
+    assert all("train/logprob_gap" in r for r in rows)
+    saved = (out / "config.yaml").read_text()
+    assert f"algorithm: {config.split('_calculator')[0]}" in saved
