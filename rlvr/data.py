@@ -1,7 +1,9 @@
 """Task sources: bundled generators by name, or JSONL / parquet files.
 
-A file row needs a prompt (``prompt``, ``question`` or ``messages``) and an answer (``answer`` or
-``golden_answers``); every other field goes to ``Task.info``. Task ids are ``"<source>:<row>"``
+A file row needs a prompt (``messages``, ``prompt``, ``question``, MATH's ``problem`` or the
+original MBPP's ``text``) and an answer (``answer``, ``golden_answers``, MATH's ``solution``,
+HumanEval's ``test`` beside its ``entry_point``, or MBPP's ``test_list``); every other field goes to
+``Task.info``, so raw HumanEval, MBPP, MATH and GSM8K rows load as they are published. Task ids are ``"<source>:<row>"``
 (the 0-based count of rows, blank lines not counted) so two datasets never share one.
 
 Every error about a row starts with ``FILE:LINE``, the 1-based line of the file as an editor shows
@@ -223,21 +225,46 @@ def read_json_list(path: Path) -> list[tuple[str, Any]]:
     return out
 
 
+#: where a row's prompt is read, first present wins: rlvr / TRL, Search-R1, MATH, original MBPP
+PROMPT_FIELDS = ("messages", "prompt", "question", "problem", "text")
+#: fields that are the prompt in every layout, so never copied to ``Task.info``
+_PROMPT_ONLY = ("messages", "prompt", "question")
+
+
+def row_answer(row: dict) -> tuple[str, Any] | None:
+    """``(field, value)`` of a row's reference answer, first present wins: ``answer``,
+    ``golden_answers`` (Search-R1), ``solution`` (MATH), ``test`` when the row has an
+    ``entry_point`` (HumanEval; a bare ``test`` column means other things elsewhere), ``test_list``
+    (MBPP). None when the row has none of them."""
+    for key in ("answer", "golden_answers", "solution"):
+        if key in row:
+            return key, row[key]
+    if "test" in row and "entry_point" in row:
+        return "test", row["test"]
+    if "test_list" in row:
+        return "test_list", row["test_list"]
+    return None
+
+
 def row_to_task(row: dict, task_id: str, where: str = "") -> Task:
+    """One row → a :class:`Task`: the prompt from the first of :data:`PROMPT_FIELDS`, the answer
+    from :func:`row_answer`, every other field in ``info``. Fields the environments read stay in
+    ``info`` even when they are the answer (HumanEval's ``test`` and ``entry_point``, MBPP's
+    ``test_list`` and ``test_setup_code``, MATH's ``solution``, see ``environments/code.py``)."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected an object, got {type(row).__name__}")
-    prompt = row.get("messages") or row.get("prompt") or row.get("question")
-    if prompt is None:
-        raise DataError(f"{where}: no 'prompt', 'question' or 'messages' field")
-    if "answer" in row:
-        answer = row["answer"]
-    elif "golden_answers" in row:
-        answer = row["golden_answers"]
-    else:
-        raise DataError(f"{where}: no 'answer' or 'golden_answers' field")
-    info = {k: v for k, v in row.items()
-            if k not in ("messages", "prompt", "question", "answer", "golden_answers", "id")}
+    source = next((k for k in PROMPT_FIELDS if row.get(k)), None)
+    if source is None:
+        raise DataError(f"{where}: no prompt: expected one of the fields "
+                        + ", ".join(repr(k) for k in PROMPT_FIELDS))
+    found = row_answer(row)
+    if found is None:
+        raise DataError(f"{where}: no answer: expected 'answer', 'golden_answers', 'solution' "
+                        f"(MATH), 'test' with 'entry_point' (HumanEval) or 'test_list' (MBPP)")
+    answer_key, answer = found
+    drop = {*_PROMPT_ONLY, source, "id"} | ({answer_key} & {"answer", "golden_answers"})
+    info = {k: v for k, v in row.items() if k not in drop}
     try:
-        return Task(prompt, answer, info, id=task_id)
+        return Task(row[source], answer, info, id=task_id)
     except (ValueError, TypeError) as e:
         raise DataError(f"{where}: {e}") from None

@@ -74,7 +74,8 @@ def _with_blank_lines(path, bad_row):
 
 def test_task_file_errors_give_the_line_as_an_editor_counts_it(tmp_path):
     f = _with_blank_lines(tmp_path / "t.jsonl", {"answer": "a"})
-    with pytest.raises(DataError, match=rf"^{f}:6: no 'prompt', 'question' or 'messages' field$"):
+    with pytest.raises(DataError, match=rf"^{f}:6: no prompt: expected one of the fields 'messages', "
+                                        rf"'prompt', 'question', 'problem', 'text'$"):
         load_tasks(str(f))
     f.write_text(f.read_text().replace('{"answer": "a"}', "{not json"))
     with pytest.raises(DataError, match=rf"^{f}:6: not valid JSON \(.* at column 2\)$"):
