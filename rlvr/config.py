@@ -52,6 +52,10 @@ class DataConfig:
     """Use at most this many rows of each file (0 = all)."""
     shuffle: bool = True
     """Shuffle training prompts each epoch (seeded by ``run.seed``)."""
+    too_long: Literal["refuse", "skip"] = "refuse"
+    """A row whose prompt has more characters than ``rollout.max_total_tokens`` × 16 cannot fit
+    the token budget: refuse the data at load (naming each ``FILE:LINE``) or skip such rows with
+    one warning that counts them."""
 
 
 @dataclass
@@ -243,6 +247,12 @@ class RunConfig:
     package, e.g. ``pip install 'rlvr[wandb]'``). The W&B run is named after ``output_dir``."""
     progress: bool = True
     """Show a progress bar."""
+    log_rollouts_every: int = 1
+    """Write the step's trajectories to ``rollouts/step_NNNNNN.jsonl.gz`` every this many RL steps
+    (0 = never); ``rlvr view`` reads them. See :mod:`rlvr.rollout_log` for the record."""
+    log_rollouts_max: int = 64
+    """Trajectories written per logged step, drawn as whole groups with a seeded choice (at least
+    one group); 0 = every trajectory of the step."""
 
 
 @dataclass

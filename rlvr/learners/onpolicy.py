@@ -29,6 +29,7 @@ import time
 
 import torch
 
+from rlvr import rollout_log
 from rlvr.advantages import overlong_penalty, zero_variance_groups
 from rlvr.algorithms.base import AdvantageInputs, OnPolicyAlgorithm, resolve_settings
 from rlvr.batch import Batch
@@ -60,11 +61,13 @@ def train(cfg, *, algorithm: OnPolicyAlgorithm | None = None, model=None, tokeni
     s = common.setup(cfg, model, tokenizer, tasks, logger, needs_ref=cfg.rl.kl_coef > 0,
                      extra_params=list(head.head.parameters()) if head else None)
     critic = Critic(s, head) if algo.needs_critic else None
+    check_world(s)
     history = []
     for step in range(s.start_step + 1, cfg.run.steps + 1):
         t_step = time.perf_counter()
         # 1. collect
         collected, trajs, times, sampling = collect_groups(s, step)
+        collected = s.world.gather_objects(collected)  # every rank's, for metrics and the check
         fail_if_nothing_ran(collected, step)
         # 2. rewards
         t0 = time.perf_counter()
@@ -80,10 +83,15 @@ def train(cfg, *, algorithm: OnPolicyAlgorithm | None = None, model=None, tokeni
                                                     cfg.rl.is_correction, cfg.rl.is_cap, cfg.rl.is_level)
             beta = common.kl_coef(s)
             inputs, kl_per_token = advantage_inputs(s, batch, outcome, beta, critic)
-            # 4. advantages
+            # 4. advantages, over the whole batch of every rank (batch-level baselines see it all)
+            inputs = gathered(s.world, inputs)
             adv = algo.advantages(inputs, cfg.rl)
-            batch.advantages = (adv[:, None] if adv.dim() == 1 else adv) * batch.loss_mask
-            batch.values, batch.returns = inputs.values, inputs.outputs.get("returns")
+            adv = (adv[:, None] if adv.dim() == 1 else adv) * inputs.loss_mask  # (B_all, T_all)
+            B, T = batch.loss_mask.shape
+            batch.advantages = s.world.my_rows(adv, B, T)
+            batch.values = s.world.my_rows(inputs.values, B, T) if inputs.values is not None else None
+            returns = inputs.outputs.get("returns")
+            batch.returns = s.world.my_rows(returns, B, T) if returns is not None else None
             times["time/advantages"] = time.perf_counter() - t0
             # 5. update
             t0 = time.perf_counter()
@@ -94,20 +102,39 @@ def train(cfg, *, algorithm: OnPolicyAlgorithm | None = None, model=None, tokeni
                 vstats.update(critic.update(batch, step))
                 s.extra.update(critic.state())
             stats.update(vstats)
-            stats.update(batch_stats(batch, inputs, kl_per_token, beta))
-            stats["train/no_eos_share"] = float(cut.mean())
-            common.adapt_kl_coef(s, stats.get("train/ref_kl", 0.0), len(trajs))
+            stats.update(batch_stats(s.world, batch, inputs, adv, kl_per_token, beta))
+            n_trained = s.world.sum_float(len(trajs))
+            stats["train/no_eos_share"] = s.world.sum_float(float(cut.sum())) / n_trained
+            common.adapt_kl_coef(s, stats.get("train/ref_kl", 0.0), int(n_trained))
             times["time/update"] = time.perf_counter() - t0
             times["time/train_tokens_per_s"] = stats["train/tokens"] / max(times["time/update"], 1e-9)
         # 6. engine weight sync
         s.engine.load_weights(s.model)
-        # 7. log, 8. checkpoint
+        # 7. log (with the step's trajectories every run.log_rollouts_every steps), 8. checkpoint
+        rollout_log.log_step(s, step, collected, trajs, batch if trajs else None)
         metrics = common.step_metrics(collected, cfg, times, t_step)
         metrics.update(stats)
         metrics.update(sampling)
         common.log_and_checkpoint(s, step, metrics, eval_fn)
         history.append(metrics)
     return common.finish(s, history)
+
+
+def check_world(s) -> None:
+    """Settings that data parallelism cannot honour yet, refused by name."""
+    world, rl = s.world, s.cfg.rl
+    if not world.active:
+        return
+    if rl.prompts_per_step % world.size:
+        raise ValueError(f"rl.prompts_per_step = {rl.prompts_per_step} must be a multiple of the "
+                         f"{world.size} training ranks (each rank rolls out whole groups)")
+    local = rl.prompts_per_step // world.size * s.cfg.rollout.samples_per_prompt
+    if local % rl.mini_batches_per_epoch:
+        raise ValueError(f"each rank's {local} trajectories do not split into "
+                         f"rl.mini_batches_per_epoch = {rl.mini_batches_per_epoch} equal parts")
+    if rl.filter_zero_variance:
+        raise ValueError("rl.filter_zero_variance (dynamic sampling) gives ranks batches of "
+                         "different sizes; it is not supported under torchrun yet")
 
 
 def by_group(trajs: list[Trajectory], group_size: int) -> list[Trajectory]:
@@ -192,18 +219,28 @@ def advantage_inputs(s, batch: Batch, outcome: torch.Tensor, beta: float, critic
                            state=s.extra), kl
 
 
-def batch_stats(batch: Batch, inputs: AdvantageInputs, kl: torch.Tensor, beta: float) -> dict:
-    """Per-step numbers of the batch the update saw."""
-    m = batch.loss_mask
+def gathered(world, x: AdvantageInputs) -> AdvantageInputs:
+    """The advantage inputs of every rank's rows, in rank order (itself in one process)."""
+    if not world.active:
+        return x
+    g = world.gather_rows
+    return AdvantageInputs(g(x.rewards), g(x.token_rewards), g(x.loss_mask), x.group_size,
+                           g(x.values), state=x.state)
+
+
+def batch_stats(world, batch: Batch, inputs: AdvantageInputs, adv: torch.Tensor, kl: torch.Tensor,
+                beta: float) -> dict:
+    """Per-step numbers of the (global) batch the update saw."""
+    m = inputs.loss_mask  # (B_all, T_all)
     n = m.sum().clamp(min=1.0)
     out = {"train/kl_coef": beta, "train/shaped_reward": float(inputs.rewards.mean()),
-           "train/ref_kl": float(kl.sum() / n),
-           "train/advantage": float((batch.advantages * m).sum() / n)}
+           "train/ref_kl": world.sum_float(float(kl.sum())) / float(n),
+           "train/advantage": float((adv * m).sum() / n)}
     if batch.is_weights is not None:
-        out["train/is_weight"] = float((batch.is_weights * m).sum() / n)
+        out["train/is_weight"] = world.sum_float(float((batch.is_weights * batch.loss_mask).sum())) / float(n)
     if inputs.values is not None:
         out["train/values"] = float(inputs.values.sum() / n)
-        out["train/returns"] = float(batch.returns.sum() / n)
+        out["train/returns"] = float(inputs.outputs["returns"].sum() / n)
     for k, v in inputs.outputs.items():
         if isinstance(v, (int, float)):
             out[f"train/{k}"] = float(v)
