@@ -223,12 +223,12 @@ def _first_line(doc: str | None) -> str:
 VERIFIERS = Registry(
     "verifier", "rlvr.verifiers",
     ("rlvr.verifiers.math", "rlvr.verifiers.qa", "rlvr.verifiers.format", "rlvr.verifiers.tool_call",
-     "rlvr.verifiers.code"),
+     "rlvr.verifiers.code", "rlvr.verifiers.bfcl"),
 )
 ENVIRONMENTS = Registry(
     "environment", "rlvr.environments",
     ("rlvr.environments.calculator", "rlvr.environments.math", "rlvr.environments.search",
-     "rlvr.environments.code"),
+     "rlvr.environments.code", "rlvr.environments.tools"),
 )
 ALGORITHMS = Registry(
     "algorithm", "rlvr.algorithms",

@@ -118,6 +118,9 @@ def collect(engine, tokenizer, env_factory: Callable[[], Environment], tasks: li
         group_id = uuid.uuid4().hex  # unique per prompt instance, across datasets and steps
         for _ in range(samples_per_prompt):
             env = env_factory()
+            bind = getattr(env, "bind_tokenizer", None)
+            if bind is not None:  # environments that render turns through the chat template
+                bind(tokenizer)
             if stops is None:
                 stops = list(env.stop_strings)
                 check_stop_strings(tokenizer, stops, type(env).__name__)
@@ -251,7 +254,12 @@ def _apply(ep: _Episode, res: StepResult | Exception, tokenizer, cfg) -> None:
         _finish(ep, "done")
         return
     room = cfg.max_total_tokens - len(traj)
-    obs, cut = encode_observation(tokenizer, res.observation, min(cfg.max_obs_tokens, max(room, 0)))
+    budget = min(cfg.max_obs_tokens, max(room, 0))
+    pre = getattr(res, "observation_ids", None)  # a chat-template delta, already token ids
+    if pre is not None:
+        obs, cut = list(pre)[:budget], len(pre) > budget
+    else:
+        obs, cut = encode_observation(tokenizer, res.observation, budget)
     traj.append_observation(obs)
     traj.turns.append(Turn(ep.turn_start, action_end, len(traj), ep.turn_reason))
     if cut:
