@@ -193,11 +193,14 @@ def read_run(run_dir: str | Path) -> dict[int | None, list[dict]]:
 
 def log_step(s, step: int, collected: list[Trajectory], trained: list[Trajectory], batch=None) -> Path | None:
     """Write one RL step's log when ``run.log_rollouts_every`` says so. ``trained`` are the rows
-    of ``batch`` in order (a subset of ``collected`` under dynamic sampling)."""
+    of ``batch`` in order (a subset of ``collected`` under dynamic sampling; this rank's rows
+    under torchrun, so other ranks' episodes are logged without advantages)."""
     run = s.cfg.run
     check_settings(run.log_rollouts_every, run.log_rollouts_max)
     if not run.log_rollouts_every or step % run.log_rollouts_every or not collected:
         return None
+    if not getattr(getattr(s, "world", None), "main", True):
+        return None  # under torchrun rank 0 writes; ``collected`` holds every rank's episodes
     rows = {id(t): i for i, t in enumerate(trained)} if batch is not None else {}
     trainer = batch.old_logprobs if s.cfg.rl.old_logprobs == "recompute" and batch is not None else None
     records = []

@@ -45,8 +45,9 @@ TASKS = [rlvr.Task("Where is Paris?", ["France"], id=f"probe:{i}") for i in rang
 _RUNS: dict = {}
 
 
-def run_probe(out_dir, *, steps=2, **run):
-    """A real GRPO run (tiny model, HF engine) on the probe environment; returns its directory."""
+def run_probe(out_dir, *, steps=2, rl=None, **run):
+    """A real GRPO run (tiny model, HF engine) on the probe environment in ``out_dir/grpo``, with
+    ``rl`` and ``run`` settings on top; returns (its directory, the tokenizer)."""
     from rlvr.models import build_tiny_model, build_tiny_tokenizer
     from rlvr.registry import ALGORITHMS
 
@@ -58,7 +59,8 @@ def run_probe(out_dir, *, steps=2, **run):
     for t in ("</search>", "</answer>", "<search>"):
         bias[tok.convert_tokens_to_ids(t)] = 3.5
     model.lm_head.register_forward_hook(lambda m, i, o: o + bias.to(o.dtype))
-    cfg = tiny_learner_config(out_dir, "grpo", prompts=2, steps=steps, old_logprobs="recompute")
+    cfg = tiny_learner_config(out_dir, "grpo", prompts=2, steps=steps,
+                              **{"old_logprobs": "recompute", **(rl or {})})
     cfg.env.name = "rollout_log_probe"
     cfg.rollout.max_turns, cfg.rollout.max_new_tokens = 3, 8
     cfg.run.seed = 3
