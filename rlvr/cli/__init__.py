@@ -1,5 +1,6 @@
 """The ``rlvr`` command. Each subcommand lives in its own module with ``add_parser(sub)`` which
-registers it and sets ``func`` to the handler ``(args) -> int``."""
+registers it and sets ``func`` to the handler ``(args) -> int`` (module ``rollout_server_cmd``
+registers ``rollout-server``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import importlib
 import sys
 
 # subcommand module, in the order ``rlvr --help`` lists them
-COMMANDS = ("train", "eval", "verify", "list", "index", "serve", "sandbox")
+COMMANDS = ("train", "eval", "view", "verify", "list", "index", "serve", "rollout_server", "sandbox")
 # what `rlvr train` with no config runs: the embedded default job
 DEFAULT_JOB = "default"
 
