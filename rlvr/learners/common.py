@@ -27,6 +27,7 @@ import torch
 from rlvr.batch import Batch, collate, token_logprobs
 from rlvr.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rlvr.config import TrainConfig
+from rlvr.learners.distributed import NullLogger, World, init_world
 from rlvr.learners.runtime import GuardedStep, lr_schedule, run_dir, seed_everything
 from rlvr.losses import aggregate, kl_estimator, kl_k3
 from rlvr.metrics import MetricsLogger, environment_metrics, rollout_metrics
@@ -79,6 +80,7 @@ class Session:
     extra: dict[str, Any] = field(default_factory=dict)  # learner state saved in checkpoints
     own_logger: bool = True
     extra_runtime: dict[str, Any] = field(default_factory=dict)  # not checkpointed (the step guard)
+    world: World = field(default_factory=World)  # data-parallel ranks under torchrun
 
     def compute(self):
         """The context of every forward pass: autocast to ``model.dtype`` (mixed precision over
@@ -133,11 +135,12 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
     env_cfg = env_config(cfg)  # the reward's verifiers; a bad name or path fails before loading
     env_factory = make_env_factory(env_cfg)  # settings checked before any model loads
     seed_everything(cfg.run.seed)
-    device = pick_device(cfg.run.device)
+    world, device = init_world(pick_device(cfg.run.device))
     if model is None or tokenizer is None:
         model, tokenizer = load_policy(cfg.model, device)
     model.to(device)
     master_weights_fp32(model, cfg.model.dtype)
+    world.broadcast_module_(model)  # every rank starts from rank 0's weights
     if cfg.model.lora_rank > 0 and not hasattr(model, "disable_adapter"):
         model = _apply_lora(model, cfg.model.lora_rank)
     ref_model = None
@@ -160,16 +163,19 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
                                                        verifiers=verifiers, answers_optional=why)
     eval_tasks = (load_tasks(cfg.data.eval, cfg.data.limit, cfg.run.seed + 1, verifiers=verifiers,
                              answers_optional=why) if cfg.data.eval else None)
-    out_dir = run_dir(cfg)
+    out_dir = run_dir(cfg) if world.main else Path(cfg.run.output_dir)
+    world.barrier()
     s = Session(cfg, model, tokenizer, ref_model, optimizer, scheduler, engine,
                 env_factory, PromptStream(tasks, cfg.run.seed, cfg.data.shuffle),
-                eval_tasks, logger, out_dir, device, own_logger=logger is None)
+                eval_tasks, logger, out_dir, device, own_logger=logger is None, world=world)
     ckpt = latest_checkpoint(out_dir) if cfg.run.resume else None
     if ckpt is not None:
         state = load_checkpoint(ckpt, model=model, optimizer=optimizer, scheduler=scheduler)
         s.start_step, s.extra = state["step"], state["extra"]
         s.prompts.position = s.extra.get("data_position", 0)
         log.info("resumed from %s (step %d)", ckpt, s.start_step)
+    if s.logger is None and not world.main:
+        s.logger = NullLogger()  # rank 0 writes the metrics
     if s.logger is None:
         s.logger = MetricsLogger(out_dir, total_steps=cfg.run.steps, progress=cfg.run.progress,
                                  tensorboard=cfg.run.log_tensorboard,
@@ -187,11 +193,12 @@ def rollout(s: Session, step: int, attempt: int = 0) -> tuple[list[Trajectory], 
 
     cfg = s.cfg
     t0 = time.perf_counter()
-    tasks = s.prompts.next(cfg.rl.prompts_per_step)
+    tasks = s.world.block(s.prompts.next(cfg.rl.prompts_per_step))  # this rank's prompts
     with s.compute():
         trajs = collect(s.engine, s.tokenizer, s.env_factory, tasks,
                         samples_per_prompt=cfg.rollout.samples_per_prompt, cfg=cfg.rollout,
-                        seed=cfg.run.seed * 100_003 + step + attempt * 1_000_000_007)
+                        seed=cfg.run.seed * 100_003 + step + attempt * 1_000_000_007
+                        + s.world.rank * 7_919)
     t1 = time.perf_counter()
     dec = s.tokenizer.decode
     add_model_rewards(trajs, [dec(t.token_ids[:t.prompt_len]) for t in trajs],
@@ -308,7 +315,7 @@ def accumulate_gradients(s: Session, mini: Batch, algo, *, kl_coef: float,
     |trainer - engine| logprob over the trained tokens the engine sampled.
     """
     cfg = s.cfg
-    norm = dict(num_seqs=len(mini), num_tokens=mini.num_tokens, max_len=loss_max_len(cfg))
+    norm = global_norm(s, mini)
     total, sums, tokens = 0.0, {}, 0.0
     for mb in mini.split(cfg.optim.micro_batch_size):
         mb = mb.to(s.device)
@@ -329,6 +336,12 @@ def accumulate_gradients(s: Session, mini: Batch, algo, *, kl_coef: float,
     return total, sums, tokens
 
 
+def global_norm(s: Session, mini: Batch) -> dict:
+    """The normalisers of one mini-batch, over every rank's share of it."""
+    return dict(num_seqs=s.world.sum_float(len(mini)), num_tokens=s.world.sum_float(mini.num_tokens),
+                max_len=loss_max_len(s.cfg))
+
+
 def update_policy(s: Session, batch: Batch, algo, *, kl_coef: float = 0.0, step: int = 0,
                   extra_loss: Callable | None = None) -> dict[str, float]:
     """``rl.epochs_per_batch`` × ``rl.mini_batches_per_epoch`` optimizer steps on one rollout batch
@@ -347,6 +360,10 @@ def update_policy(s: Session, batch: Batch, algo, *, kl_coef: float = 0.0, step:
                                  seed=cfg.run.seed * 1_000_003 + step * 101 + epoch):
             s.optimizer.zero_grad(set_to_none=True)
             loss, part, n = accumulate_gradients(s, mini, algo, kl_coef=kl_coef, extra_loss=extra_loss)
+            s.world.sum_grads_(guard_params(s))  # the ranks' shares of one mini-batch gradient
+            loss = s.world.sum_float(loss)
+            n = s.world.sum_float(n)
+            part = {k: s.world.sum_float(v) for k, v in sorted(part.items())}
             g_sum, g_n = part.pop("logprob_gap"), part.pop("sampled_tokens")
             if gap is None:
                 gap = g_sum / max(g_n, 1.0)
@@ -366,6 +383,10 @@ def update_policy(s: Session, batch: Batch, algo, *, kl_coef: float = 0.0, step:
                 "train/tokens": tokens / max(cfg.rl.epochs_per_batch, 1),
                 "train/logprob_gap": gap or 0.0})
     return out
+
+
+def guard_params(s: Session) -> list:
+    return [p for g in s.optimizer.param_groups for p in g["params"]]
 
 
 def _call_eval(eval_fn: Callable, s: Session, step: int) -> dict:
@@ -397,13 +418,14 @@ def log_and_checkpoint(s: Session, step: int, metrics: dict, eval_fn: Callable |
     """Log one step (with evaluation when due) and save a checkpoint when due."""
     cfg = s.cfg
     last = step == cfg.run.steps
-    if (cfg.run.eval_every and step % cfg.run.eval_every == 0) or (last and (eval_fn or s.eval_tasks)):
+    due = (cfg.run.eval_every and step % cfg.run.eval_every == 0) or (last and (eval_fn or s.eval_tasks))
+    if due and s.world.main:  # rank 0 evaluates; the others go on to the next step's rollout
         t0 = time.perf_counter()
         metrics.update(evaluate(s, step, eval_fn))
         metrics["time/eval"] = time.perf_counter() - t0
     s.logger.log(step, metrics)
     s.extra["data_position"] = s.prompts.position
-    if last or (cfg.run.save_every and step % cfg.run.save_every == 0):
+    if (last or (cfg.run.save_every and step % cfg.run.save_every == 0)) and s.world.main:
         save_checkpoint(s.out_dir, step, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler,
                         tokenizer=s.tokenizer, extra=s.extra, keep_checkpoints=cfg.run.keep_checkpoints)
 
@@ -411,6 +433,10 @@ def log_and_checkpoint(s: Session, step: int, metrics: dict, eval_fn: Callable |
 def finish(s: Session, history: list[dict]) -> dict:
     """Close the logger, write ``report.json`` and plots; return the final metrics."""
     final = history[-1] if history else {}
+    s.world.barrier()  # rank 0's last checkpoint is complete before any rank returns
+    if not s.world.main:
+        return {"algorithm": s.cfg.algorithm, "steps": s.cfg.run.steps, "final": final,
+                "eval": {}}
     report = {"algorithm": s.cfg.algorithm, "steps": s.cfg.run.steps, "final": final,
               "eval": {k: v for k, v in final.items() if k.startswith("eval/")}}
     (s.out_dir / "report.json").write_text(json.dumps(report, indent=2))

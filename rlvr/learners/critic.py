@@ -97,7 +97,7 @@ class Critic:
         mini-batch (a shared head trained with the policy: nothing to do)."""
         if self.shared:
             return {}
-        from rlvr.learners.common import loss_max_len, mini_batches
+        from rlvr.learners.common import global_norm, mini_batches
 
         s, rl = self.s, self.s.cfg.rl
         self.model.train()
@@ -106,7 +106,7 @@ class Critic:
         for epoch in range(rl.epochs_per_batch):
             for mini in mini_batches(batch, rl.mini_batches_per_epoch,
                                      seed=s.cfg.run.seed * 1_000_003 + step * 101 + epoch):
-                norm = dict(num_seqs=len(mini), num_tokens=mini.num_tokens, max_len=loss_max_len(s.cfg))
+                norm = global_norm(s, mini)
                 self.optimizer.zero_grad(set_to_none=True)
                 total = 0.0
                 for mb in mini.split(s.cfg.optim.micro_batch_size):
@@ -119,6 +119,8 @@ class Critic:
                     total += loss.item()
                     clip_sum += (clipped.float() * mb.loss_mask).sum().item()
                     n_tok += mb.loss_mask.sum().item()
+                s.world.sum_grads_(params)
+                total = s.world.sum_float(total)
                 gn = torch.nn.utils.clip_grad_norm_(params, s.cfg.optim.max_grad_norm or float("inf"))
                 if not torch.isfinite(gn):
                     self.optimizer.zero_grad(set_to_none=True)

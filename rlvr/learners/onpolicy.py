@@ -68,6 +68,8 @@ def train(cfg, *, algorithm: OnPolicyAlgorithm | None = None, model=None, tokeni
         # 1. collect
         collected, trajs, times, sampling = collect_groups(s, step)
         collected = s.world.gather_objects(collected)  # every rank's, for metrics and the check
+        sampling = {k: v if k == "train/sampling_attempts" else s.world.sum_float(v)
+                    for k, v in sampling.items()}
         fail_if_nothing_ran(collected, step)
         # 2. rewards
         t0 = time.perf_counter()

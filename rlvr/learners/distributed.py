@@ -1,0 +1,143 @@
+"""Data-parallel training under ``torchrun`` (torch.distributed; gloo on CPU, NCCL on GPU).
+
+Every rank holds the whole policy (replicated data parallelism). Each step's prompts are split into
+contiguous blocks, one per rank, so a group of ``samples_per_prompt`` never crosses ranks and the
+ranks' batches, concatenated in rank order, are the single-process batch. What must be global is
+made global here, visibly:
+
+- advantages are computed on the gathered batch (batch-level baselines and whitening see every
+  trajectory), then each rank keeps its own rows;
+- the loss normalisers (sequences and tokens of a mini-batch) are all-reduced, and so are the
+  gradients (summed, not averaged), so N ranks produce the single-process gradient of the same
+  global batch (``tests/test_distributed.py``);
+- rank 0 alone logs, writes metrics and saves checkpoints (the weights are identical on every rank,
+  so a checkpoint resumes on any world size).
+
+Deviation from the design card: parameters are replicated, not sharded with FSDP2 ``fully_shard``;
+the sharded layout is the next step for models that do not fit one device.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training ranks (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def block(self, items: list) -> list:
+        """This rank's contiguous share of ``items`` (whose length the world size divides)."""
+        if len(items) % self.size:
+            raise ValueError(f"{len(items)} prompts do not split over {self.size} ranks")
+        k = len(items) // self.size
+        return items[self.rank * k:(self.rank + 1) * k]
+
+    # -- collectives (no-ops in one process) ------------------------------------------------------
+
+    def sum_(self, t: torch.Tensor) -> torch.Tensor:
+        """All-reduce ``t`` in place (sum)."""
+        if self.active:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def sum_float(self, x: float) -> float:
+        return float(self.sum_(torch.tensor(float(x), dtype=torch.float64))) if self.active else x
+
+    def sum_grads_(self, params) -> None:
+        """Sum the gradients over ranks (each rank's loss already carries the global normaliser)."""
+        if not self.active:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            i = 0
+            for g in grads:
+                g.copy_(flat[i:i + g.numel()].view_as(g))
+                i += g.numel()
+
+    def gather_rows(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, ...) on each rank → (sum of B, ...) in rank order; a (B, T) tensor is right-padded
+        with zeros to the longest T first."""
+        if not self.active or t is None:
+            return t
+        if t.dim() == 2:
+            width = torch.tensor(t.shape[1])
+            dist.all_reduce(width, op=dist.ReduceOp.MAX)
+            t = torch.nn.functional.pad(t, (0, int(width) - t.shape[1]))
+        sizes = [None] * self.size
+        dist.all_gather_object(sizes, t.shape[0])
+        parts = [t.new_zeros((n,) + tuple(t.shape[1:])) for n in sizes]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
+    def my_rows(self, t: torch.Tensor, local_rows: int, width: int | None = None) -> torch.Tensor:
+        """This rank's rows of a gathered tensor (all ranks have ``local_rows`` rows), cut back to
+        ``width`` columns."""
+        if not self.active:
+            return t
+        sizes = [None] * self.size
+        dist.all_gather_object(sizes, local_rows)
+        start = sum(sizes[:self.rank])
+        out = t[start:start + local_rows]
+        return out[:, :width] if width is not None and out.dim() == 2 else out
+
+    def gather_objects(self, items: list) -> list:
+        if not self.active:
+            return items
+        parts = [None] * self.size
+        dist.all_gather_object(parts, items)
+        return [x for p in parts for x in p]
+
+    def broadcast_module_(self, module: torch.nn.Module) -> None:
+        """Every rank starts from rank 0's weights."""
+        if self.active:
+            for p in module.state_dict().values():
+                if isinstance(p, torch.Tensor):
+                    dist.broadcast(p, src=0)
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+
+def init_world(device: str) -> tuple[World, str]:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1) and return the world and
+    this rank's device (``cuda:LOCAL_RANK`` on GPUs)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World(), device
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)
+    return World(dist.get_rank(), dist.get_world_size()), device
+
+
+class NullLogger:
+    """The metrics logger of ranks other than 0: they compute the same numbers, rank 0 writes them."""
+
+    path = None
+
+    def log(self, step: int, metrics: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

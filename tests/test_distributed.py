@@ -1,0 +1,71 @@
+"""Data-parallel training under ``torchrun`` on CPU (gloo, two processes on two cores): two ranks
+give the single-process gradient of the same global batch, rank 0 alone writes, and a checkpoint
+resumes on another world size."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+WORKER = Path(__file__).parent / "helpers" / "dist_worker.py"
+ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+
+def _torchrun(*args, timeout=600):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(29500 + os.getpid() % 1000), *args]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "reinforce_pp", "ppo"])
+def test_two_ranks_give_the_single_process_gradient(tmp_path, algorithm):
+    single, double = tmp_path / "single", tmp_path / "double"
+    res = subprocess.run([sys.executable, str(WORKER), str(single), algorithm], env=ENV,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = _torchrun(str(WORKER), str(double), algorithm)
+    assert res.returncode == 0, res.stderr[-3000:]
+    one = torch.load(single / "rank0.pt")
+    for rank in (0, 1):
+        two = torch.load(double / f"rank{rank}.pt")
+        # every optimizer step of both training steps (PPO: the policy's and the critic's)
+        assert len(two["grads"]) == len(one["grads"]) >= 2
+        for a, b in zip(one["grads"], two["grads"]):
+            assert a.abs().sum() > 0
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    # the logged numbers are the global batch's: rank 0 wrote them, once per step
+    rows = [json.loads(x) for x in (double / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("reward/mean", "train/loss", "train/tokens", "train/shaped_reward", "train/advantage"):
+        assert rows[-1][key] == pytest.approx(ref[-1][key], rel=1e-4, abs=1e-6), key
+
+
+def test_torchrun_cli_run_then_resume_on_one_process(tmp_path):
+    out = tmp_path / "run"
+    res = _torchrun("-m", "rlvr", "train", "grpo_calculator", "--output-dir", str(out),
+                    "--run.steps", "2", "--run.progress", "false", "--rl.prompts_per_step", "2",
+                    "--rollout.samples_per_prompt", "4")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]  # rank 0 alone writes
+    assert rows[0]["train/trajectories_used"] == 8  # 2 prompts × 4 samples over both ranks
+    assert (out / "checkpoints" / "step_000002" / "state.pt").exists()
+    res = subprocess.run([sys.executable, "-m", "rlvr", "train", "grpo_calculator", "--output-dir",
+                          str(out), "--resume", "--run.steps", "3", "--run.progress", "false",
+                          "--rl.prompts_per_step", "2", "--rollout.samples_per_prompt", "4"],
+                         env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]  # continued from step 2, on one process
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path):
+    res = _torchrun("-m", "rlvr", "train", "grpo_calculator", "--output-dir", str(tmp_path / "r"),
+                    "--run.steps", "1", "--run.progress", "false", "--rl.prompts_per_step", "3")
+    assert res.returncode != 0
+    assert "rl.prompts_per_step = 3 must be a multiple of the 2 training ranks" in res.stderr
