@@ -138,6 +138,78 @@ def test_resume_after_interruption_skips_finished_examples(tiny_tokenizer, tmp_p
     assert engine3.calls == []
 
 
+# -- untagged answers ------------------------------------------------------------------------------
+
+def plain_policy(eos):
+    # question → first turn; after retrieval the Lennon question answers in plain text too
+    script = {
+        "capital of France?": "Paris." + eos,                        # right, untagged
+        "capital of Japan?": "<think>hmm</think> Kyoto" + eos,        # wrong, untagged
+        "band of Lennon?": "<search> Lennon band </search>",
+        "largest city of the US?": "<answer> New York </answer>",     # tagged
+        "year of the fall of the Berlin Wall?": "I am not sure",       # cut by the token budget
+    }
+
+    def policy(context):
+        after = context.split("Question: ")[-1]
+        if "<information>" in after:
+            return "It was the Beatles" + eos                         # right (cover), untagged
+        return script[after.split("\n")[0]]
+    return policy
+
+
+def plain_datasets():
+    return {"a": [Task("capital of France", ["Paris"], id="a:0"),
+                  Task("capital of Japan", ["Tokyo"], id="a:1"),
+                  Task("band of Lennon", ["the Beatles"], id="a:2"),
+                  Task("largest city of the US", ["New York City", "NYC"], id="a:3"),
+                  Task("year of the fall of the Berlin Wall", ["1989"], id="a:4")]}
+
+
+@pytest.mark.parametrize("answer_tag", ["required", "optional"])
+def test_untagged_answers_are_counted_and_optionally_scored(tiny_tokenizer, tmp_path, answer_tag):
+    tok = tiny_tokenizer
+    factory = make_env_factory(EnvConfig(name="search", settings={"index": OneDocIndex()}))
+    result = evaluate(None, tok, plain_datasets(), factory, cfg=CFG, batch_size=5,
+                      predictions_path=tmp_path / "p.jsonl", progress=False,
+                      engine=ScriptedEngine(tok, plain_policy(tok.eos_token)), answer_tag=answer_tag)
+    recs = read_predictions(tmp_path / "p.jsonl")
+    # the text taken: the last turn's own text (not the invalid-action reminder after it), <think>
+    # removed, stripped; none for a tagged answer or a last turn cut by max_new_tokens
+    assert [recs[f"a:{i}"]["untagged_answer"] for i in range(5)] == [
+        "Paris.", "Kyoto", "It was the Beatles", None, None]
+    assert recs["a:0"]["finish_reason"] == "max_turns" and "invalid" in recs["a:0"]["trajectory"]
+    assert recs["a:4"]["finish_reason"] == "max_new_tokens"
+    a = result["datasets"]["a"]
+    # 3 untagged of 5; cover-EM on them: Paris 1, Kyoto 0, "it was beatles" ⊇ "beatles" 1 → 2/3
+    assert a["untagged"] == 3 and a["untagged_cover_em"] == pytest.approx(2 / 3)
+    assert result["average"]["untagged"] == 3
+    if answer_tag == "required":
+        # only "New York" vs [New York City, NYC] counts: EM 0, F1 0.8 → means over 5
+        expected = {"em": 0.0, "f1": 0.8 / 5, "cover_em": 0.0, "answered": 1 / 5}
+        note = "3 of 5, cover-EM on them 0.667; scored 0 as Search-R1 rules"
+    else:
+        # "Paris." EM 1 F1 1; "Kyoto" 0 0; "it was beatles" vs "beatles": EM 0,
+        # F1 = 2·(1/3·1)/(1/3+1) = 0.5, cover 1; "New York" F1 0.8; the truncated one 0
+        expected = {"em": 1 / 5, "f1": (1 + 0.5 + 0.8) / 5, "cover_em": 2 / 5, "answered": 4 / 5}
+        note = "3 of 5, cover-EM on them 0.667; scored as the answer (--answer-tag optional)"
+        assert recs["a:0"]["prediction"] == "Paris." and recs["a:0"]["em"] == 1.0
+    for key, value in expected.items():
+        assert a[key] == pytest.approx(value), key
+    assert note in format_table(result)
+
+
+def test_untagged_answer_text():
+    from rlvr.evaluate import untagged_answer
+
+    assert untagged_answer("<think>a</think>\n Paris \n") == "Paris"
+    assert untagged_answer("<search>q</search><information></information> so, Paris") == "so, Paris"
+    assert untagged_answer("<answer>Paris</answer>") is None        # tagged: not untagged
+    assert untagged_answer("<search> q </search>") is None           # the last turn searched
+    assert untagged_answer("<think>still thinking") is None          # unfinished reasoning
+    assert untagged_answer("<think>a</think>  ") is None              # nothing stated
+
+
 def test_extract_prediction_ignores_retrieved_answers():
     assert extract_prediction("<search>q</search><information><answer>x</answer></information>") is None
     assert extract_prediction("<answer> a </answer> then <answer> b </answer>") == "b"
@@ -171,6 +243,8 @@ def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert report["datasets"]["mini"]["em"] == pytest.approx(sum(r["em"] for r in recs) / 2)
     assert report["average"]["em"] == report["datasets"]["mini"]["em"]
     assert (out / "em.png").stat().st_size > 1000 and "average" in (out / "results.txt").read_text()
+    assert "untagged answers (no <answer> tag): " in (out / "results.txt").read_text()
+    assert report["answer_tag"] == "required" and "untagged" in report["average"]
     assert "average EM" in capsys.readouterr().out
     # a rerun resumes (nothing left), and a different model in the same directory is refused
     assert main(argv) == 0
@@ -180,6 +254,14 @@ def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     # a retrieving environment without an index is a clear usage error
     assert main(["eval", "--model", str(model_dir), "--data", str(data)]) == 2
     assert "--index DIR or --retriever URL" in capsys.readouterr().err
+
+    # scoring untagged answers changes the numbers: not resumed into the same directory
+    assert main(argv + ["--answer-tag", "optional"]) == 2
+    assert "different evaluation" in capsys.readouterr().err
+    # a device that is not there is named by the flag that asked for it
+    if not __import__("torch").cuda.is_available():
+        assert main(argv[:-3] + ["--output-dir", str(tmp_path / "gpu"), "--device", "cuda"]) == 2
+        assert "--device is 'cuda' but no CUDA device is visible" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("env, where", [("search_rag", "index"), ("search_rag", "retriever"),
@@ -212,7 +294,7 @@ def test_cli_retrieving_envs_with_an_index_or_a_server(tmp_path, env, where):
             assert main(argv + ["--retriever", f"{base}/retrieve"]) == 0
 
     report = json.loads((out / "report.json").read_text())
-    keys = {"n", "em", "f1", "cover_em", "answered", "searches"}
+    keys = {"n", "em", "f1", "cover_em", "answered", "searches", "untagged", "untagged_cover_em"}
     assert set(report["datasets"]) == {"alpha", "beta"}
     assert all(set(m) == keys for m in report["datasets"].values()) and set(report["average"]) == keys
     assert [report["datasets"][d]["n"] for d in ("alpha", "beta")] == [2, 1]
