@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 BUNDLED_TASKS: dict[str, Callable[[int, int], list[Task]]] = {}
 #: bad rows quoted in one error message; the rest are counted
 SHOWN_ERRORS = 5
+#: Characters one token may stand for, generously: ordinary text and code take 3-5 characters a
+#: token in the BPE vocabularies of current models, so a prompt over ``max_total_tokens`` × this
+#: many characters cannot fit the token budget unless it is almost all long repeated runs.
+CHARS_PER_TOKEN_BOUND = 16
+TOO_LONG = ("refuse", "skip")
 
 
 class DataError(ValueError):
@@ -58,33 +63,85 @@ def calculator_tasks(n: int = 256, seed: int = 0) -> list[Task]:
     return tasks
 
 
+def prompt_char_budget(max_total_tokens: int) -> int:
+    """The prompt length, in characters, above which a prompt cannot fit ``max_total_tokens``
+    (:data:`CHARS_PER_TOKEN_BOUND` characters a token); 0 (no check) for a budget of 0."""
+    return max(0, int(max_total_tokens)) * CHARS_PER_TOKEN_BOUND
+
+
+def prompt_chars(prompt: Any) -> int:
+    """Characters of a prompt: its text, or the sum of its messages' contents (no tokenizer)."""
+    if isinstance(prompt, str):
+        return len(prompt)
+    if isinstance(prompt, list):
+        return sum(len(str(m.get("content") or "")) if isinstance(m, dict) else len(str(m))
+                   for m in prompt)
+    return len(str(prompt))
+
+
 def load_tasks(spec: str, limit: int = 0, seed: int = 0, *,
                verifiers: Mapping[str, float] | Iterable[str] | None = None,
-               answers_optional: str = "") -> list[Task]:
-    """A bundled task name (``calculator``) or a ``.jsonl`` / ``.json`` / ``.parquet`` file.
+               answers_optional: str = "", max_prompt_chars: int = 0,
+               too_long: str = "refuse") -> list[Task]:
+    """A bundled task name (``calculator``), a ``.jsonl`` / ``.json`` / ``.parquet`` file, or a hub
+    dataset ``hf:owner/name[:split]`` (split ``train`` by default; rows named ``SOURCE row N``).
 
     ``verifiers`` (names, or name → weight) are the run's verifiers: a row whose answer one of them
     (weighted above 0) cannot read is refused too, not only a row without an answer.
     ``answers_optional``: why rows without a usable answer are fine for this run (e.g. "the reward
     is a reward model"); they are then kept with one warning that counts them. Empty (default):
     they are refused, every one named by ``FILE:LINE``.
+
+    ``max_prompt_chars`` (0 = no check; :func:`prompt_char_budget` of ``rollout.max_total_tokens``
+    gives it): a prompt longer than this many characters cannot fit the token budget, and would be
+    tokenised again at every episode reset before being cut (a 50 MB prompt made a one-step run
+    take minutes). Such rows are counted and the first named by ``FILE:LINE``, from their length
+    alone, without a tokenizer; ``too_long="refuse"`` (default) raises, ``"skip"`` drops them with
+    one warning. Skipped rows keep their place in the ids (``<source>:<row>``).
     """
+    if too_long not in TOO_LONG:
+        raise ValueError(f"too_long must be one of {', '.join(TOO_LONG)}, got {too_long!r}")
     if spec in BUNDLED_TASKS:
         tasks = BUNDLED_TASKS[spec](limit or 256, seed)
         return tasks[:limit] if limit else tasks
-    path = Path(spec)
-    if not path.exists():
-        known = ", ".join(sorted(BUNDLED_TASKS))
-        raise FileNotFoundError(f"task source {spec!r} is neither a file nor a bundled task ({known})")
-    tasks, wheres = [], []
-    for i, (where, row) in enumerate(read_located_rows(path)):
+    if spec.startswith("hf:"):
+        from rlvr.preference_data import load_located_rows  # the hub reader preference data uses
+
+        located, source = load_located_rows(spec, limit), spec
+        stem = spec[3:].partition(":")[0].rsplit("/", 1)[-1]  # hf:owner/name:split → name
+    else:
+        path = Path(spec)
+        if not path.exists():
+            known = ", ".join(sorted(BUNDLED_TASKS))
+            raise FileNotFoundError(f"task source {spec!r} is neither a file, a bundled task "
+                                    f"({known}) nor hf:owner/name[:split]")
+        located, stem, source = read_located_rows(path), path.stem, str(path)
+    tasks, wheres, too_big = [], [], []
+    for i, (where, row) in enumerate(located):
         if limit and len(tasks) >= limit:
             break
-        tasks.append(row_to_task(row, f"{path.stem}:{i}", where=where))
+        task = row_to_task(row, f"{stem}:{i}", where=where)
+        if max_prompt_chars and (n := prompt_chars(task.prompt)) > max_prompt_chars:
+            too_big.append(f"{where}: the prompt has {n:,} characters, over the "
+                           f"{max_prompt_chars:,} that can fit the token budget")
+            continue
+        tasks.append(task)
         wheres.append(where)
+    if too_big:
+        _too_long(too_big, len(tasks) + len(too_big), source, too_long)
     check_answers(tasks, wheres, verifiers=verifiers, answers_optional=answers_optional,
-                  source=str(path))
+                  source=source)
     return tasks
+
+
+def _too_long(bad: list[str], total: int, source: str, too_long: str) -> None:
+    if too_long == "skip":
+        log.warning("%s: skipped %d of %d rows whose prompt cannot fit the token budget "
+                    "(first: %s)", source, len(bad), total, bad[0])
+        return
+    raise DataError(summarize_errors(bad, total, source, "have a prompt too long for the token "
+                                                         "budget") +
+                    "\n(data.too_long: skip drops them; rollout.max_total_tokens is the budget)")
 
 
 # -- reference answers -----------------------------------------------------------------------------

@@ -93,7 +93,7 @@ def test_json_list_rows_are_named_by_the_line_they_start_on(tmp_path):
     f.write_text('[\n  {"prompt": "q",\n   "answer": "a"},\n\n  {"prompt": "r", "answer": "b"},\n'
                  '  {"answer": "c"}\n]\n')
     assert [w for w, _ in read_located_rows(f)] == [f"{f}:2", f"{f}:5", f"{f}:6"]
-    with pytest.raises(DataError, match=rf"^{f}:6: no 'prompt'"):
+    with pytest.raises(DataError, match=rf"^{f}:6: no prompt: expected one of"):
         load_tasks(str(f))
     f.write_text('[\n  {"prompt": "q", "answer": "a"},\n  {"prompt": }\n]')
     with pytest.raises(DataError, match=rf"^{f}:3: not valid JSON"):
@@ -122,7 +122,7 @@ def test_parquet_rows_are_counted_from_one(tmp_path):
     f = tmp_path / "t.parquet"
     datasets.Dataset.from_list([{"prompt": "q", "answer": "a"},
                                 {"prompt": None, "answer": "b"}]).to_parquet(str(f))
-    with pytest.raises(DataError, match=rf"^{f} row 2: no 'prompt'"):
+    with pytest.raises(DataError, match=rf"^{f} row 2: no prompt: expected one of"):
         load_tasks(str(f))
 
 
@@ -182,3 +182,87 @@ def test_rlvr_train_refuses_a_task_file_without_answers(tmp_path, capsys):
     assert rc == 2, err
     assert f"{f}:1: 'answer' is null" in err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+# -- 4: no size bound at load (issue 14 item 4) ---------------------------------------------------
+
+def _with_long_prompts(path):
+    # lines 1 and 3 fit; line 2 is a 20,000-character prompt, line 4 a conversation of 9,000 × 2
+    rows = [{"prompt": "What is 2+2?", "answer": "4"},
+            {"prompt": "x" * 20_000, "answer": "1"},
+            {"prompt": "What is 3+3?", "answer": "6"},
+            {"messages": [{"role": "system", "content": "s" * 9_000},
+                          {"role": "user", "content": "u" * 9_000}], "answer": "2"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_prompts_that_cannot_fit_the_token_budget_are_refused_at_load(tmp_path):
+    from rlvr.data import CHARS_PER_TOKEN_BOUND, prompt_char_budget
+
+    f = _with_long_prompts(tmp_path / "long.jsonl")
+    budget = prompt_char_budget(512)  # rollout.max_total_tokens 512 × 16 = 8,192 characters
+    assert budget == 512 * CHARS_PER_TOKEN_BOUND == 8192
+    with pytest.raises(DataError) as e:
+        load_tasks(str(f), max_prompt_chars=budget)
+    msg = str(e.value)
+    assert msg.startswith(f"{f}: 2 of 4 rows have a prompt too long for the token budget:\n"
+                          f"  {f}:2: the prompt has 20,000 characters, over the 8,192")
+    assert f"{f}:4: the prompt has 18,000 characters" in msg and "data.too_long: skip" in msg
+    assert len(load_tasks(str(f))) == 4  # no budget given: no check
+
+
+def test_too_long_skip_drops_them_with_one_warning(tmp_path, caplog):
+    f = _with_long_prompts(tmp_path / "long.jsonl")
+    with caplog.at_level(logging.WARNING, logger="rlvr.data"):
+        tasks = load_tasks(str(f), max_prompt_chars=8192, too_long="skip")
+    assert [t.id for t in tasks] == ["long:0", "long:2"]  # ids keep the rows' places
+    [record] = [r for r in caplog.records if r.name == "rlvr.data"]
+    assert f"skipped 2 of 4 rows whose prompt cannot fit the token budget (first: {f}:2:" in \
+        record.getMessage()
+    with pytest.raises(ValueError, match="too_long must be one of refuse, skip, got 'drop'"):
+        load_tasks(str(f), max_prompt_chars=8192, too_long="drop")
+
+
+def test_data_too_long_is_a_typed_setting():
+    from rlvr.config import load_config
+
+    assert load_config().data.too_long == "refuse"
+    assert load_config(None, ["--data.too_long", "skip"]).data.too_long == "skip"
+    with pytest.raises(ValueError, match="data.too_long"):
+        load_config(None, ["--data.too_long", "drop"])
+
+
+# -- data sources named by their key; hub datasets as RL tasks ------------------------------------
+
+def test_a_missing_data_file_names_its_key(tmp_path, capsys):
+    from rlvr.cli import main
+
+    rc = main(["train", "grpo_calculator", "--output-dir", str(tmp_path / "run"),
+               "--data.train", "x.jsonl"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "data.train: no such file 'x.jsonl'" in err, err
+    rc = main(["train", "grpo_calculator", "--output-dir", str(tmp_path / "run"),
+               "--data.eval", str(tmp_path / "held_out.jsonl")])
+    assert rc == 2 and f"data.eval: no such file '{tmp_path / 'held_out.jsonl'}'" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "run" / "config.yaml").exists()  # refused before anything ran
+
+
+def test_hf_dataset_as_rl_tasks(monkeypatch):
+    # tests cannot download: datasets.load_dataset is replaced by a local table of the same rows
+    datasets = pytest.importorskip("datasets")
+    calls = []
+
+    def fake_load_dataset(name, split=None, **kw):
+        calls.append((name, split))
+        return datasets.Dataset.from_list([{"problem": "1+1?", "solution": "\\boxed{2}"},
+                                           {"problem": "2+2?", "solution": None}])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    with pytest.raises(DataError, match=r"^hf:owner/math_rows:test row 2: 'answer' is null"):
+        load_tasks("hf:owner/math_rows:test")
+    assert calls == [("owner/math_rows", "test")]
+    [task] = load_tasks("hf:owner/math_rows", limit=1)
+    assert calls[-1] == ("owner/math_rows", "train")  # the default split
+    assert task.id == "math_rows:0" and task.prompt == "1+1?" and task.answer == "\\boxed{2}"
