@@ -330,14 +330,26 @@ def resolve_config_path(name: str) -> Path:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 schema: type = TrainConfig) -> Any:
-    """Defaults ← YAML file (nested or dotted keys) ← ``--key value`` overrides, type-checked."""
+    """Defaults ← YAML file (nested or dotted keys) ← ``--key value`` overrides, type-checked.
+
+    Each error names where the bad setting came from: a YAML syntax error or a bad key or value in
+    the file gives ``FILE:LINE``; a bad override gives the flag as typed, ``--rollout.samples_per_promt
+    is not a setting; did you mean rollout.samples_per_prompt?``."""
     cfg = OmegaConf.structured(schema)
-    try:
-        if path is not None:
-            p = resolve_config_path(str(path))
-            raw = yaml.safe_load(p.read_text()) or {}
-            if not isinstance(raw, dict):
-                raise ValueError(f"{p}: expected a mapping of settings, got {type(raw).__name__}")
+    if path is not None:
+        p = resolve_config_path(str(path))
+        text = p.read_text(encoding="utf-8")
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            where = f"{p}:{mark.line + 1}" if mark else str(p)
+            at = f" at column {mark.column + 1}" if mark else ""
+            raise ValueError(f"{where}: not valid YAML ({what}{at})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{p}: expected a mapping of settings, got {type(raw).__name__}")
+        try:
             nested = OmegaConf.create({})
             for key, value in raw.items():
                 OmegaConf.update(nested, str(key), value, force_add=True)
@@ -346,15 +358,73 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 from rlvr.rewards import reward_as_mapping  # so --reward.NAME entries add to it
 
                 cfg.reward = reward_as_mapping(cfg.reward)
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(_parse_cli_overrides(overrides)))
-    except OmegaConfBaseException as e:
-        where = f" in {path}" if path else ""
-        key = getattr(e, "full_key", None)
-        msg = str(e).splitlines()[0]
-        raise ValueError(f"bad setting{where}" + (f" {key!r}" if key else "") + f": {msg}") from None
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", None) or ""
+            line = _yaml_key_lines(text).get(key)
+            raise ValueError(f"{p}{f':{line}' if line else ''}: "
+                             + _setting_error(e, repr(key), schema)) from None
+    if overrides:
+        dotlist = _parse_cli_overrides(overrides)
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", None) or ""
+            given = next((d.partition("=")[2] for d in dotlist if d.partition("=")[0] == key), None)
+            flag = f"--{key}" + (f" {given}" if given is not None else "")
+            raise ValueError("command line: " + _setting_error(e, flag if key else "", schema,
+                                                               key_only=f"--{key}")) from None
     obj = OmegaConf.to_object(cfg)
     return obj.validate() if hasattr(obj, "validate") else obj
+
+
+def _setting_error(e: OmegaConfBaseException, shown: str, schema: type, key_only: str = "") -> str:
+    """One line on a rejected setting: an unknown key with the closest known one, or why a value
+    does not fit its field's type."""
+    import difflib
+
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    key = getattr(e, "full_key", None) or ""
+    msg = str(e).splitlines()[0]
+    if isinstance(e, (ConfigKeyError, ConfigAttributeError)) and key:
+        known = _setting_names(OmegaConf.structured(schema))
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = (f"did you mean {close[0]}?" if close else
+                "`rlvr train --print-config` lists the settings")
+        return f"{key_only or shown} is not a setting; {hint}"
+    return f"bad setting {shown}: {msg}" if shown else f"bad setting: {msg}"
+
+
+def _setting_names(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted setting name of a structured config (sections and their fields)."""
+    from omegaconf import DictConfig
+
+    out = []
+    for key in node.keys():
+        name = f"{prefix}{key}"
+        out.append(name)
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and OmegaConf.get_type(child) not in (dict, None):
+            out += _setting_names(child, f"{name}.")
+    return out
+
+
+def _yaml_key_lines(text: str) -> dict[str, int]:
+    """Dotted key → the 1-based line it is written on, for every key of a YAML mapping."""
+    lines: dict[str, int] = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                name = f"{prefix}{k.value}"
+                lines[name] = k.start_mark.line + 1
+                walk(v, f"{name}.")
+
+    try:
+        walk(yaml.compose(text), "")
+    except yaml.YAMLError:
+        pass
+    return lines
 
 
 def dump_config(cfg: Any, path: str | Path) -> None:
