@@ -4,7 +4,7 @@ Every (B, T) tensor here is indexed by token position: column ``t`` describes to
 sequence. ``token_logprobs(...)[b, t]`` is ``log p(token_t | tokens_<t)``, so it lines up with
 ``loss_mask[b, t]`` (1 = token ``t`` was sampled by the policy) and with the behaviour
 ``logprobs[b, t]`` the engine recorded when it sampled that token. Column 0 has no prediction
-and is 0 (a prompt token, never in the loss). Padding is on the right; padded positions have
+and is 0; so are the prompt columns before the micro-batch's shortest prompt (never in a loss). Padding is on the right; padded positions have
 ``attention_mask = 0`` and ``loss_mask = 0``.
 
 Used by every learner (GRPO, PPO, RLOO, REINFORCE, SFT, DPO, reward model)::
@@ -125,25 +125,54 @@ def collate(trajectories: Sequence[Trajectory], pad_token_id: int,
 
 
 def token_logprobs(model, batch: Batch, temperature: float = 1.0, *, with_entropy: bool = True,
-                   ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                   entropy_grad: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Per-token log-probabilities (B, T) of each token given its prefix, and entropies (B, T).
 
-    ``out[b, t] = log_softmax(logits[b, t-1] / temperature)[input_ids[b, t]]``, with column 0 set
-    to 0; the entropy at ``t`` is that of the same distribution (the one token ``t`` was drawn
-    from). Temperature 0 (greedy sampling) is treated as 1, as the engine records it. Computed in
-    float32 whatever the model dtype, with one gather and one logsumexp (no loop over tokens).
+    ``out[b, t] = log_softmax(logits[b, t-1] / temperature)[input_ids[b, t]]``; the entropy at
+    ``t`` is that of the same distribution (the one token ``t`` was drawn from). Temperature 0
+    (greedy sampling) is treated as 1, as the engine records it. Computed in float32 whatever the
+    model dtype, with one gather and one logsumexp (no full log-softmax, no loop over tokens).
+
+    Only columns from :func:`first_scored_column` on are computed (the micro-batch's shortest
+    prompt, or an earlier ``loss_mask`` token): the model's head runs on those positions only
+    (``logits_to_keep``), and columns before are 0 — at T = 2048 with a 152k vocabulary every
+    skipped prompt position saves a 600 kB row of fp32 logits per sequence. ``entropy_grad=False``
+    (the entropy is only a diagnostic, ``rl.entropy_coef == 0``) computes it without autograd,
+    one sequence at a time, instead of keeping a (B, T, V) graph for it.
     """
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    logits = out.logits[:, :-1, :].float()  # (B, T-1, V) predicts tokens 1..T-1
+    from rlvr.hf_engine import forward_kwargs
+
+    T = batch.input_ids.shape[1]
+    start = first_scored_column(batch)
+    kw = {}
+    keep_kw = forward_kwargs(model)[1] if start > 1 else None
+    if keep_kw:
+        kw[keep_kw] = T - start + 1  # positions start-1 .. T-1; the last predicts nothing
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, **kw)
+    logits = out.logits[:, out.logits.shape[1] - (T - start + 1):-1].float()  # (B, T-start, V)
     if temperature and temperature != 1.0:
         logits = logits / temperature
-    targets = batch.input_ids[:, 1:]  # (B, T-1)
-    lse = torch.logsumexp(logits, dim=-1)  # (B, T-1)
-    lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse  # (B, T-1)
-    zero = lp.new_zeros((lp.shape[0], 1))
-    logprobs = torch.cat([zero, lp], dim=1)  # (B, T), aligned with loss_mask
+    targets = batch.input_ids[:, start:]  # (B, T-start)
+    lse = torch.logsumexp(logits, dim=-1)  # (B, T-start)
+    lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse  # (B, T-start)
+    logprobs = torch.nn.functional.pad(lp, (start, 0))  # (B, T), aligned with loss_mask
     if not with_entropy:
         return logprobs, None
-    probs = torch.softmax(logits, dim=-1)  # (B, T-1, V)
-    ent = lse - (probs * logits).sum(-1)  # H = logsumexp(z) - sum p z
-    return logprobs, torch.cat([zero, ent], dim=1)  # (B, T)
+    if entropy_grad:
+        ent = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # H = logsumexp(z) - sum p z
+    else:
+        with torch.no_grad():
+            ent = torch.stack([lse[b] - (torch.softmax(logits[b], dim=-1) * logits[b]).sum(-1)
+                               for b in range(logits.shape[0])]) if logits.shape[0] else lse.detach()
+    return logprobs, torch.nn.functional.pad(ent, (start, 0))  # (B, T)
+
+
+def first_scored_column(batch: Batch) -> int:
+    """The first column :func:`token_logprobs` computes: the shortest prompt of the batch, or the
+    first column holding a ``loss_mask`` token if that comes earlier; at least 1 (column 0 has no
+    prediction). Every token a loss or a KL can read lies at or after it."""
+    start = int(batch.prompt_lens.min()) if len(batch) else 1
+    cols = (batch.loss_mask > 0).any(0).nonzero()
+    if len(cols):
+        start = min(start, int(cols[0]))
+    return max(1, min(start, batch.input_ids.shape[1] - 1))

@@ -3,13 +3,14 @@
 Engines never decode sampled tokens to re-encode them. ``logprobs[i]`` is the log-probability of
 the sampled token under the distribution it was sampled from, ``log_softmax(logits / temperature)``
 (before top-p truncation, as the learner recomputes it); with ``temperature == 0`` (greedy) it is
-the plain ``log_softmax(logits)``.
+the plain ``log_softmax(logits)``. A multi-turn caller opens a session (:func:`open_session`),
+which lets an engine keep each episode's state, such as its KV cache, from one turn to the next.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Hashable, Protocol, runtime_checkable
 
 
 @dataclass
@@ -52,12 +53,46 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-def make_engine(kind: str, model, tokenizer, model_path: str | None = None) -> Engine:
-    """``rollout.engine``: ``hf`` shares the training model; ``vllm`` loads ``model_path`` in vLLM."""
+@runtime_checkable
+class EngineSession(Protocol):
+    """Multi-turn generation: ``keys`` name the episodes, one per prompt. An engine that can keep
+    an episode's state between turns (``HFEngine.session``: its KV cache) continues from it; the
+    completions are those ``Engine.generate`` gives on the same prompts."""
+
+    def generate(self, keys: list[Hashable], prompts: list[list[int]], params: SamplingParams
+                 ) -> list[Completion]: ...
+
+    def close(self) -> None: ...
+
+
+class StatelessSession:
+    """The session of an engine that keeps nothing between calls: every turn is a fresh call."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def generate(self, keys: list[Hashable], prompts: list[list[int]], params: SamplingParams
+                 ) -> list[Completion]:
+        return self.engine.generate(prompts, params)
+
+    def close(self) -> None:
+        pass
+
+
+def open_session(engine: Engine) -> EngineSession:
+    """The engine's own session (``engine.session()``) where it has one, else a stateless one."""
+    make = getattr(engine, "session", None)
+    return make() if callable(make) else StatelessSession(engine)
+
+
+def make_engine(kind: str, model, tokenizer, model_path: str | None = None,
+                max_batch_size: int | None = None) -> Engine:
+    """``rollout.engine``: ``hf`` shares the training model; ``vllm`` loads ``model_path`` in vLLM.
+    ``max_batch_size`` (hf): rows per forward pass, None = the whole batch (``rollout.max_batch_size``)."""
     if kind == "hf":
         from rlvr.hf_engine import HFEngine
 
-        return HFEngine(model, tokenizer)
+        return HFEngine(model, tokenizer, max_batch_size=max_batch_size)
     if kind == "vllm":
         from rlvr.vllm_engine import VLLMEngine
 

@@ -48,12 +48,11 @@ class ForcedModel(torch.nn.Module):
         self.script, self.vocab = script, vocab
         self.w = torch.nn.Parameter(torch.zeros(1))
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
-                use_cache=True):
-        step = 0 if past_key_values is None else past_key_values + 1
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=True):
+        step = cache.forced_step = getattr(cache, "forced_step", -1) + 1  # calls on this cache
         logits = torch.zeros(input_ids.shape[0], input_ids.shape[1], self.vocab)
         logits[:, -1, self.script[min(step, len(self.script) - 1)]] = 10.0
-        return SimpleNamespace(logits=logits, past_key_values=step)
+        return SimpleNamespace(logits=logits, cache=cache)
 
 
 def test_stop_string_spanning_tokens(tiny_tokenizer):
