@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
-from rlvr.engine import Completion, SamplingParams
+from rlvr.engine import Completion, SamplingParams, open_session
 from rlvr.environment import Environment, StepResult
 from rlvr.types import Task, Trajectory, Turn
 
@@ -143,6 +143,7 @@ def collect(engine, tokenizer, env_factory: Callable[[], Environment], tasks: li
             episodes.append(ep)
 
     turn = 0
+    session = open_session(engine)  # an episode's KV cache lives on between its turns
     while True:
         active = [ep for ep in episodes if not ep.done]
         if not active:
@@ -155,7 +156,8 @@ def collect(engine, tokenizer, env_factory: Callable[[], Environment], tasks: li
             temperature=0.0 if greedy else cfg.temperature, top_p=1.0 if greedy else cfg.top_p,
             stop=stops or [], seed=None if seed is None else seed * 1000 + turn)
         try:
-            outs = engine.generate([ep.traj.token_ids for ep in active], params)
+            outs = session.generate([id(ep) for ep in active], [ep.traj.token_ids for ep in active],
+                                    params)
         except Exception as e:  # the engine itself failed: every active episode records it
             for ep in active:
                 _fail(ep, f"engine failed: {type(e).__name__}: {e}")
@@ -185,6 +187,7 @@ def collect(engine, tokenizer, env_factory: Callable[[], Environment], tasks: li
                 _finish(ep, "max_new_tokens", truncated=True)
         _step_all(stepping, tokenizer, cfg)
         turn += 1
+    session.close()
 
     for ep in episodes:
         _score(ep, tokenizer)
