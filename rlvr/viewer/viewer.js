@@ -133,6 +133,8 @@ function passes(r) {
 }
 
 function primary() { return RUNS[Number(S.run) || 0] || RUNS[0]; }
+// the chosen trajectory of the primary run (none when the filters leave nothing)
+function selected() { return S.traj === "" || S.traj === undefined ? undefined : (primary().steps[S.step] || [])[Number(S.traj)]; }
 
 function renderControls() {
   const run = primary();
@@ -244,7 +246,7 @@ function renderTrajectory(pane, run, r, label) {
 function pinTip() {
   const tip = $("tip");
   const span = S.tok ? $("traj-a").querySelector(`.tok[data-i="${S.tok}"]`) : null;
-  const r = (primary().steps[S.step] || [])[Number(S.traj)];
+  const r = selected();
   if (!span || !r) { tip.hidden = true; tip.textContent = ""; return; }
   span.classList.add("pinned");
   tip.textContent = tokenInfo(r, Number(S.tok));
@@ -264,8 +266,7 @@ function counterpart(run, r) {
 
 function renderTrajectories() {
   const run = primary();
-  const recs = run.steps[S.step] || [];
-  const r = recs[Number(S.traj)];
+  const r = selected();
   const where = S.step === "eval" ? "eval" : `step ${S.step}`;
   renderTrajectory($("traj-a"), run, r, `${run.name} · ${where}`);
   pinTip();
