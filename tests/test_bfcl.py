@@ -145,3 +145,42 @@ def test_training_split_is_never_evaluated():
     train, test = _tasks("live_multiple:train"), _tasks("live_multiple")
     assert len(train) == 800 and len(test) == 253
     assert not {t.info["bfcl_id"] for t in train} & {t.info["bfcl_id"] for t in test}
+
+
+def test_eval_reports_accuracy_per_category(tmp_path, monkeypatch):
+    """`rlvr eval --env bfcl` through the real episode loop, with an engine that answers each
+    test with its ground truth (all correct) except irrelevance, where it calls a function."""
+    import argparse
+
+    import rlvr.engine
+    import rlvr.models
+    from rlvr import bfcl_eval
+    from rlvr.models import build_tiny_tokenizer
+    from rlvr.testing import ScriptedEngine
+
+    tasks = {c: _tasks(c)[:3] for c in ("simple_python", "parallel", "irrelevance")}
+    by_question = {t.prompt[-1]["content"]: t for ts in tasks.values() for t in ts}
+    tok = build_tiny_tokenizer()
+
+    def policy(ctx):
+        task = next(t for q, t in by_question.items() if q in ctx)
+        if task.info["category"] == "irrelevance":
+            return _hermes([{"name": task.info["functions"][0]["name"], "arguments": {}}])
+        return _hermes(oracle_calls(task.answer, task.info["functions"]))
+
+    monkeypatch.setattr(rlvr.models, "load_policy", lambda *a, **k: (None, tok))
+    monkeypatch.setattr(rlvr.engine, "make_engine", lambda *a, **k: ScriptedEngine(tok, policy))
+    args = argparse.Namespace(
+        model="scripted", data="simple_python,parallel,irrelevance", limit=3, index=None,
+        retriever=None, output_dir=str(tmp_path), batch_size=2, max_new_tokens=2000,
+        max_total_tokens=20000, max_obs_tokens=100, device="cpu", dtype="float32", engine="hf",
+        overwrite=False, no_progress=True)
+    assert bfcl_eval.run_bfcl(args) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    acc = {c: m["accuracy"] for c, m in report["categories"].items()}
+    assert acc == {"simple_python": 1.0, "parallel": 1.0, "irrelevance": 0.0}
+    assert report["overall"]["accuracy"] == pytest.approx(2 / 3)
+    assert "simple_python" in (tmp_path / "results.txt").read_text()
+    assert (tmp_path / "accuracy.png").stat().st_size > 0
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 9 and all("calls" in r["reason"] for r in rows if r["category"] == "irrelevance")

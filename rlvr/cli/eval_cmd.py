@@ -68,6 +68,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    if args.env == "bfcl":  # BFCL function calling: its own data, verifier and report
+        from rlvr.bfcl_eval import run_bfcl
+
+        return run_bfcl(args)
     from rlvr.config import EnvConfig, ModelConfig, RolloutConfig
     from rlvr.data import load_tasks, prompt_char_budget
     from rlvr.engine import make_engine
