@@ -86,6 +86,23 @@ class RolloutConfig:
     """Nucleus sampling mass."""
     engine: Literal["hf", "vllm"] = "hf"
     """hf | vllm."""
+    servers: list[str] = field(default_factory=list)
+    """URLs of ``rlvr rollout-server`` processes (``[http://node1:8100, ...]``). Non-empty: each
+    batch is split over them and every update's weights are pushed to them (docs/scale.md)."""
+    server_timeout_s: float = 600.0
+    """Longest wait, in seconds, for one rollout server's answer to one request."""
+    weights_dir: str = ""
+    """Directory every rollout server can read, where the trainer writes the weights it pushes;
+    empty = ``engine_weights/`` in the run directory."""
+    vllm_gpu_memory_utilization: float = 0.5
+    """Colocated vLLM: fraction of the GPU's memory vLLM takes (weights and KV cache)."""
+    vllm_sleep: bool = True
+    """Colocated vLLM: free vLLM's GPU memory while the policy updates (vLLM sleep mode)."""
+    vllm_sleep_level: int = 1
+    """1 = vLLM's weights wait in CPU memory during the update; 2 = they are dropped (no host copy;
+    each update pushes every weight anyway)."""
+    vllm_max_model_len: int = 0
+    """vLLM's context length in tokens; 0 = ``rollout.max_total_tokens``."""
 
 
 @dataclass

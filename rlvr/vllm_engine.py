@@ -96,6 +96,15 @@ def named_tensors(model_or_state_dict) -> list:
     return out
 
 
+def vllm_options(rollout, dtype: str | None = None) -> dict:
+    """:class:`VLLMEngine` keyword arguments from a ``RolloutConfig`` (``rollout.vllm_*``) and,
+    optionally, ``model.dtype`` (vLLM runs in it; float32 keeps the checkpoint's own)."""
+    return {"gpu_memory_utilization": rollout.vllm_gpu_memory_utilization,
+            "sleep": rollout.vllm_sleep, "sleep_level": rollout.vllm_sleep_level,
+            "max_model_len": rollout.vllm_max_model_len or rollout.max_total_tokens,
+            "dtype": "auto" if dtype in (None, "float32") else dtype}
+
+
 class VLLMEngine:
     """Colocated vLLM. ``sleep`` / ``load_weights`` bracket each policy update (see module doc)."""
 

@@ -210,3 +210,16 @@ def test_rollout_server_command_serves_the_in_process_tokens(model_dir, local):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_make_engine_with_servers_is_a_remote_engine(tmp_path):
+    from rlvr.config import RolloutConfig
+    from rlvr.engine import make_engine
+
+    with running_server(RolloutService(_Scripted(), "hf", "scripted")) as url:
+        cfg = RolloutConfig(servers=[url], server_timeout_s=5.0)
+        engine = make_engine("hf", None, None, rollout=cfg, weights_dir=str(tmp_path))
+        assert isinstance(engine, RemoteEngine) and engine.weights_dir == tmp_path
+        assert engine.generate([[4, 9]], GREEDY)[0].token_ids == [9]  # the scripted echo
+        cfg.weights_dir = str(tmp_path / "shared")
+        assert make_engine("hf", None, None, rollout=cfg).weights_dir == tmp_path / "shared"

@@ -243,3 +243,18 @@ def test_missing_vllm_says_how_to_install(monkeypatch):
 
     with pytest.raises(ImportError, match=r"rlvr\[vllm\]"):
         VLLMEngine("x")
+
+
+def test_make_engine_passes_the_rollout_settings(fake_vllm):
+    from rlvr.config import RolloutConfig
+    from rlvr.engine import make_engine
+
+    cfg = RolloutConfig(max_total_tokens=300, vllm_gpu_memory_utilization=0.25, vllm_sleep_level=2)
+    engine = make_engine("vllm", None, None, model_path="some/dir", rollout=cfg)
+    init = fake_vllm.llm().init
+    assert init["gpu_memory_utilization"] == 0.25 and init["max_model_len"] == 300
+    assert init["enable_sleep_mode"] and engine.sleep_level == 2 and init["dtype"] == "auto"
+    cfg.vllm_max_model_len, cfg.vllm_sleep = 1024, False
+    make_engine("vllm", None, None, model_path="some/dir", rollout=cfg)
+    assert fake_vllm.llm().init["max_model_len"] == 1024
+    assert fake_vllm.llm().init["enable_sleep_mode"] is False
