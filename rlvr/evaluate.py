@@ -179,7 +179,7 @@ def summarize(records: list[dict], scoring: str = "qa") -> dict[str, float]:
 def evaluate(model, tokenizer, datasets: dict[str, list[Task]], env_factory: Callable[[], Any], *,
              cfg, batch_size: int = 16, predictions_path: str | Path | None = None,
              progress: bool = True, engine=None, scoring: str = "qa",
-             answer_tag: str = "required") -> dict:
+             answer_tag: str = "required", on_batch: Callable | None = None) -> dict:
     """Greedy multi-turn rollouts on every task; per-dataset EM / F1 / cover-EM and their average.
 
     ``scoring``: ``qa`` (EM / F1 / cover-EM against gold lists) or ``reward`` (the environment's
@@ -188,7 +188,9 @@ def evaluate(model, tokenizer, datasets: dict[str, list[Task]], env_factory: Cal
 
     ``cfg`` is a :class:`rlvr.config.RolloutConfig` (turn and token budgets; sampling settings are
     ignored: evaluation is greedy). ``engine`` overrides the default :class:`rlvr.hf_engine.HFEngine`
-    over ``model`` (e.g. a vLLM engine). Returns ``{"datasets": {name: {"n", "em", "f1", "cover_em",
+    over ``model`` (e.g. a vLLM engine). ``on_batch(dataset, tasks, trajectories)`` sees each
+    batch's trajectories (``rlvr eval`` logs them with :class:`rlvr.rollout_log.EvalRolloutLog`).
+    Returns ``{"datasets": {name: {"n", "em", "f1", "cover_em",
     "answered", "searches"}}, "average": {...}, "num_examples", "predictions_path"}``.
     """
     from rlvr.rollout import collect
@@ -225,6 +227,8 @@ def evaluate(model, tokenizer, datasets: dict[str, list[Task]], env_factory: Cal
                     done[task.id] = rec
                     if out_file is not None:
                         out_file.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+                if on_batch is not None:
+                    on_batch(name, chunk, trajs)
                 if out_file is not None:
                     out_file.flush()  # a killed run loses at most the batch in flight
                 if bar is not None:

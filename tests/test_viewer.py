@@ -102,3 +102,28 @@ def test_serve_answers_the_page_on_loopback_only(tiny_run, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_rlvr_eval_logs_its_rollouts_and_the_viewer_reads_the_directory(tmp_path):
+    from rlvr.models import save_tiny
+
+    model_dir = save_tiny(tmp_path / "model", hidden_size=32, num_layers=1)
+    data = tmp_path / "mini.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "golden_answers": a}) + "\n" for q, a in [
+        ("capital of France?", ["Paris"]), ("who wrote Hamlet?", ["Shakespeare"])]))
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", str(model_dir), "--env", "search_direct", "--data", str(data),
+            "--output-dir", str(out), "--max-new-tokens", "8", "--max-total-tokens", "512",
+            "--max-turns", "1", "--batch-size", "1", "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    preds = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    recs = rollout_log.read_run(out)[None]
+    assert [r["task_id"] for r in recs] == [p["id"] for p in preds] == ["mini:0", "mini:1"]
+    for r, p in zip(recs, preds):  # the same episode: its completion text, segment by segment
+        assert r["dataset"] == "mini" and r["advantages"] is None
+        assert "".join(s["text"] for s in r["segments"] if s["kind"] != "prompt") == p["trajectory"]
+    assert main(argv + ["--overwrite"]) == 0  # a fresh evaluation starts a fresh log
+    assert len(rollout_log.read_run(out)[None]) == 2
+    assert main(["view", str(out)]) == 0
+    run = page_data((out / "view.html").read_text())["runs"][0]
+    assert list(run["steps"]) == ["eval"] and "em" in run["summary"]
