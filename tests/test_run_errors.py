@@ -1,0 +1,95 @@
+"""Failing fast: errors counted by phase, a streak of all-error steps stopping the run with the most
+common reason, and the deadlines that turn a hanging verifier or a dead retriever into a recorded
+error instead of an endless wait."""
+
+import socket
+import threading
+import time
+
+import pytest
+
+from rlvr.run_errors import check_error_streak, error_metrics, error_of
+from rlvr.types import Trajectory
+
+
+def traj(task="t:0", error=None, **info):
+    t = Trajectory([1, 2], [0, 1], [0.0, -1.0], 1, task_id=task, error=error)
+    t.info.update(info)
+    return t
+
+
+def test_phases_of_failed_episodes():
+    ok = traj(score_reason="qa_em: no <answer>...</answer> in the response")
+    assert error_of(ok) is None
+    assert error_of(traj(error="reset failed: ValueError: bad"))[0] == "reset"
+    assert error_of(traj(error="engine failed: RuntimeError: OOM"))[0] == "engine"
+    assert error_of(traj(error="step failed: RetrievalError: http://x: timed out after 5s"))[0] == "step"
+    assert error_of(traj(score_error="KeyError: 'answer'"))[0] == "score"
+    timed = traj(score_reason="qa_em: verifier timed out after 10s (worker killed)")
+    assert error_of(timed) == ("verifier", "qa_em: verifier timed out after 10s (worker killed)")
+    m = error_metrics([ok, timed, timed, traj(error="engine failed: x")])
+    assert m == {"errors/reset": 0, "errors/engine": 1, "errors/step": 0, "errors/score": 0,
+                 "errors/verifier": 2}
+
+
+def test_a_streak_of_all_error_steps_stops_with_the_most_common_reason():
+    state = {}
+    timeout = "math: verifier timed out after 10s (worker killed)"
+    bad = [traj("m:1", score_reason=timeout), traj("m:2", score_reason=timeout),
+           traj("m:3", score_error="TypeError: x")]
+    check_error_streak(state, 1, bad, max_steps=2)
+    # one real verdict resets the streak
+    check_error_streak(state, 2, bad + [traj(score_reason="math: wrong")], max_steps=2)
+    check_error_streak(state, 3, bad, max_steps=2)
+    with pytest.raises(RuntimeError) as e:
+        check_error_streak(state, 4, bad, max_steps=2)
+    msg = str(e.value)
+    # 4 of the 6 errors of steps 3-4 are the timeout; the message names phase, task and deadline
+    assert "step 4" in msg and "last 2 steps" in msg and "4 of 6" in msg
+    assert "'verifier'" in msg and "task m:1" in msg and "timed out after 10s" in msg
+    check_error_streak({}, 1, bad, max_steps=0)  # 0 = never stop
+    with pytest.raises(ValueError, match="run.max_error_steps"):
+        check_error_streak({}, 1, bad, max_steps=-1)
+
+
+def _hangs(completion, answer, **info):
+    time.sleep(60)
+
+
+def test_a_hanging_verifier_is_an_error_at_its_deadline():
+    from rlvr.scoring import VerifierPool
+
+    pool = VerifierPool(1)
+    try:
+        t0 = time.monotonic()
+        [score] = pool.map([("fn", ("hangs", _hangs), "x", "y", {})], timeout_s=0.5)
+        assert time.monotonic() - t0 < 10
+    finally:
+        pool.close()
+    t = traj(score_reason=f"hangs: {score.reason}")
+    assert score.reward == 0 and error_of(t)[0] == "verifier" and "0.5s" in score.reason
+
+
+def test_a_retriever_that_accepts_and_never_answers_is_an_error_at_its_deadline():
+    from rlvr.retrieval.client import RetrievalClient, RetrievalError
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)  # accepts connections (the kernel does) and never answers
+    port = srv.getsockname()[1]
+    held = []
+    threading.Thread(target=lambda: held.append(srv.accept()), daemon=True).start()
+    try:
+        client = RetrievalClient(f"http://127.0.0.1:{port}/retrieve", timeout_s=0.5, retries=0)
+        t0 = time.monotonic()
+        with pytest.raises(RetrievalError, match=r"127.0.0.1:%d.*timed out after 0.5s" % port):
+            client.search(["who"], k=1)
+        assert time.monotonic() - t0 < 10
+        client.close()
+    finally:
+        srv.close()
+    # a dead one (nothing listens): refused at once, naming the URL
+    client = RetrievalClient(f"http://127.0.0.1:{port}/retrieve", timeout_s=0.5, retries=0)
+    with pytest.raises(RetrievalError, match=str(port)):
+        client.search(["who"], k=1)
+    client.close()
