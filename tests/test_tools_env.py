@@ -197,3 +197,22 @@ def test_schemas_from_callables_and_import_paths():
 def test_unknown_parser_setting_fails_listing_the_known_ones():
     with pytest.raises(KeyError, match="hermes"):
         ToolsEnv(parser="xml")
+
+
+def test_rlvr_train_grpo_tools_runs_two_steps(tmp_path):
+    """The bundled grpo_tools config through ``rlvr train`` on the tiny model: BFCL-style tasks,
+    the tools environment and the bfcl reward, two GRPO steps."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    res = subprocess.run([sys.executable, "-m", "rlvr", "train", "grpo_tools", "--run.steps", "2",
+                          "--output-dir", str(out), "--run.progress", "false"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all("reward/bfcl" in r and "env/tool_calls_per_episode" in r for r in rows)
+    assert all(r["rollout/errors"] == 0.0 for r in rows)
