@@ -45,7 +45,7 @@ TASKS = [rlvr.Task("Where is Paris?", ["France"], id=f"probe:{i}") for i in rang
 _RUNS: dict = {}
 
 
-def run_probe(out_dir, *, steps=2, rl=None, **run):
+def run_probe(out_dir, *, steps=2, rl=None, env_verifiers=None, **run):
     """A real GRPO run (tiny model, HF engine) on the probe environment in ``out_dir/grpo``, with
     ``rl`` and ``run`` settings on top; returns (its directory, the tokenizer)."""
     from rlvr.models import build_tiny_model, build_tiny_tokenizer
@@ -62,6 +62,7 @@ def run_probe(out_dir, *, steps=2, rl=None, **run):
     cfg = tiny_learner_config(out_dir, "grpo", prompts=2, steps=steps,
                               **{"old_logprobs": "recompute", **(rl or {})})
     cfg.env.name = "rollout_log_probe"
+    cfg.env.verifiers = dict(env_verifiers or {})
     cfg.rollout.max_turns, cfg.rollout.max_new_tokens = 3, 8
     cfg.run.seed = 3
     for k, v in run.items():

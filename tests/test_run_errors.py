@@ -93,3 +93,20 @@ def test_a_retriever_that_accepts_and_never_answers_is_an_error_at_its_deadline(
     with pytest.raises(RetrievalError, match=str(port)):
         client.search(["who"], k=1)
     client.close()
+
+
+def test_a_run_whose_verifier_always_fails_stops_after_max_error_steps(tmp_path):
+    import json
+
+    import rlvr
+    from test_rollout_log import run_probe
+
+    @rlvr.verifier("run_errors_broken")
+    def broken(completion, answer, **info):
+        raise ConnectionError("grader service unreachable")
+
+    with pytest.raises(RuntimeError, match=r"step 2: every reward of the last 2 steps.*'verifier'"
+                                           r".*grader service unreachable"):
+        run_probe(tmp_path, steps=4, max_error_steps=2, env_verifiers={"run_errors_broken": 1.0})
+    rows = [json.loads(x) for x in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] and rows[0]["errors/verifier"] == 4
