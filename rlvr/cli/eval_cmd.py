@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
                    help="a hub id, a local directory, a .gguf file, or 'tiny'")
     p.add_argument("--env", default="search",
                    help="search (Search-R1) | search_direct (no retrieval) | search_rag "
-                        "(retrieve once) | code | math | any registered environment; "
+                        "(retrieve once) | code | math | bfcl (BFCL function calling) | any "
+                        "registered environment; "
                         "default: search")
     p.add_argument("--data", required=True,
                    help="comma-separated benchmark names (nq, triviaqa, popqa, hotpotqa, "
@@ -77,6 +78,7 @@ def run(args) -> int:
     from rlvr.engine import make_engine
     from rlvr.environments.qa_data import load_qa_many
     from rlvr.evaluate import evaluate, format_table
+    from rlvr.rollout_log import EvalRolloutLog  # rollouts/eval.jsonl.gz, for `rlvr view`
     from rlvr.models import load_policy, pick_device, resolve_model_path
     from rlvr.registry import ENVIRONMENTS
     from rlvr.rollout import make_env_factory
@@ -140,7 +142,8 @@ def run(args) -> int:
     engine = make_engine(args.engine, model, tokenizer, model_path=model_path)
     result = evaluate(model, tokenizer, datasets, env_factory, cfg=cfg, batch_size=args.batch_size,
                       predictions_path=predictions, progress=not args.no_progress, engine=engine,
-                      scoring=scoring, answer_tag=args.answer_tag)
+                      scoring=scoring, answer_tag=args.answer_tag,
+                      on_batch=EvalRolloutLog(out, tokenizer, overwrite=args.overwrite))
 
     table = format_table(result)
     (out / "results.txt").write_text(table + "\n")
