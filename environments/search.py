@@ -234,7 +234,10 @@ class _QAEnv(Environment):
         return self.fill(task)
 
     def score(self, completion: str, task: Task) -> Score:
-        return super().score(strip_information(completion), task)
+        # The invalid-action reminder is this environment's text, not the policy's: its
+        # "<answer> and </answer>" must never read as an answer or a well-formed tag.
+        policy_text = strip_information(completion).replace(INVALID_ACTION_MESSAGE.strip(), "")
+        return super().score(policy_text, task)
 
     def metrics(self) -> dict[str, float]:
         return {"actions": float(self.actions), "searches": float(self.searches),

@@ -99,6 +99,10 @@ def test_reward_is_qa_em_on_the_policy_text(tiny_tokenizer):
     leaked = "<search> x </search>\n\n<information>Doc 1(Title: a) <answer> Paris </answer></information>"
     assert env.score(leaked, task).reward == 0.0
     assert env.score(leaked + "<answer> Paris </answer>", task).reward == 1.0
+    # nor is the "<answer> and </answer>" of the environment's own invalid-action reminder
+    gold_and = Task("Conjunction?", ["and"], id="y")
+    assert env.score("I do not know." + INVALID_ACTION_MESSAGE, gold_and).reward == 0.0
+    assert env.score("hm" + INVALID_ACTION_MESSAGE + "<answer> and </answer>", gold_and).reward == 1.0
 
 
 def test_format_shaping_through_verifier_weights(tiny_tokenizer):

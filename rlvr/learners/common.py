@@ -125,7 +125,7 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
           needs_ref: bool = False, extra_params: list | None = None) -> Session:
     """Build (or take) the policy, reference, optimizer, schedule, engine, prompts and logger;
     restore the newest checkpoint when ``run.resume``."""
-    from rlvr.data import load_tasks
+    from rlvr.data import load_tasks, prompt_char_budget
     from rlvr.hf_engine import HFEngine
     from rlvr.models import load_policy, pick_device
     from rlvr.registry import ENVIRONMENTS
@@ -159,10 +159,12 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
     # rows no verifier of this run can reward are refused at load (unless reward models score)
     verifiers = env_cfg.verifiers or getattr(ENVIRONMENTS.get(env_cfg.name), "verifiers", {})
     why = "the reward comes from reward models" if reward_spec(cfg).models else ""
+    size = dict(max_prompt_chars=prompt_char_budget(cfg.rollout.max_total_tokens),
+                too_long=cfg.data.too_long)  # a megabyte prompt is refused (or skipped) at load
     tasks = tasks if tasks is not None else load_tasks(cfg.data.train, cfg.data.limit, cfg.run.seed,
-                                                       verifiers=verifiers, answers_optional=why)
+                                                       verifiers=verifiers, answers_optional=why, **size)
     eval_tasks = (load_tasks(cfg.data.eval, cfg.data.limit, cfg.run.seed + 1, verifiers=verifiers,
-                             answers_optional=why) if cfg.data.eval else None)
+                             answers_optional=why, **size) if cfg.data.eval else None)
     out_dir = run_dir(cfg) if world.main else Path(cfg.run.output_dir)
     world.barrier()
     s = Session(cfg, model, tokenizer, ref_model, optimizer, scheduler, engine,
