@@ -103,6 +103,11 @@ class RolloutConfig:
     each update pushes every weight anyway)."""
     vllm_max_model_len: int = 0
     """vLLM's context length in tokens; 0 = ``rollout.max_total_tokens``."""
+    weight_sync_check: bool = True
+    """After every weight push (and before the first step) the engine greedily continues a fixed
+    probe prompt and its logprobs must agree with the trainer's; a stale engine stops the run."""
+    weight_sync_tol: float = 0.02
+    """Largest |engine - trainer| logprob allowed on the probe (bf16 compute needs a looser one)."""
 
 
 @dataclass
@@ -270,6 +275,10 @@ class RunConfig:
     log_rollouts_max: int = 64
     """Trajectories written per logged step, drawn as whole groups with a seeded choice (at least
     one group); 0 = every trajectory of the step."""
+    max_error_steps: int = 3
+    """Stop an RL run after this many consecutive steps whose every reward was an error (a verifier
+    past its deadline, a failed tool call or scoring), naming the most common reason (0 = never).
+    See :mod:`rlvr.run_errors`."""
 
 
 @dataclass

@@ -314,3 +314,38 @@ def test_bf16_keeps_the_small_updates_fp32_makes(tmp_path, tiny_tokenizer):
     # what bf16 master weights would have kept of the same step: almost nothing
     w = torch.full((1000,), 0.02, dtype=torch.bfloat16)
     assert ((w - 1e-6) != w).float().mean() == 0
+
+
+# -- the engine's weights are verified after every push ------------------------------------------
+
+@pytest.mark.parametrize("push_arrives", [True, False])
+def test_a_weight_push_that_never_reaches_the_engine_stops_the_run(tmp_path, tiny_tokenizer,
+                                                                   monkeypatch, push_arrives):
+    """An engine with its own copy of the weights (as vLLM or a rollout server has): when
+    ``load_weights`` really copies them the run trains; when the push is lost the fixed probe
+    disagrees after the first update and the run stops, naming the gap."""
+    import copy
+
+    import rlvr.hf_engine
+    from rlvr.data import load_tasks
+
+    real = rlvr.hf_engine.HFEngine
+
+    class SeparateCopy(real):
+        def __init__(self, model, tokenizer, **kw):
+            super().__init__(copy.deepcopy(model), tokenizer, **kw)
+
+        def load_weights(self, model_or_state_dict):
+            if push_arrives:
+                self.model.load_state_dict(model_or_state_dict.state_dict())
+
+    monkeypatch.setattr(rlvr.hf_engine, "HFEngine", SeparateCopy)
+    cfg = _cfg(tmp_path, "grpo", entropy_coef=0.1)
+    cfg.optim.lr = 0.05  # one step moves the logprobs well past the tolerance
+    run = lambda: ALGORITHMS.get("grpo")(cfg, model=_model(tiny_tokenizer), tokenizer=tiny_tokenizer,
+                                         tasks=load_tasks("calculator", 4))
+    if push_arrives:
+        assert run()["final"]["train/optimizer_steps"] == 1
+    else:
+        with pytest.raises(RuntimeError, match="step 1: the rollout engine disagrees with the trainer"):
+            run()

@@ -29,10 +29,10 @@ import time
 
 import torch
 
-from rlvr import rollout_log
+from rlvr import rollout_log, run_errors
 from rlvr.advantages import overlong_penalty, zero_variance_groups
 from rlvr.algorithms.base import AdvantageInputs, OnPolicyAlgorithm, resolve_settings
-from rlvr.batch import Batch
+from rlvr.batch import Batch, collate, token_logprobs
 from rlvr.learners import common
 from rlvr.learners.critic import Critic, ValueModel
 from rlvr.losses import kl_estimator, kl_penalized_rewards, mismatch_weights
@@ -62,6 +62,8 @@ def train(cfg, *, algorithm: OnPolicyAlgorithm | None = None, model=None, tokeni
                      extra_params=list(head.head.parameters()) if head else None)
     critic = Critic(s, head) if algo.needs_critic else None
     check_world(s)
+    probe = weight_sync_probe(s)
+    verify_engine_weights(s, probe, step=s.start_step)  # the engine starts from the trainer's weights
     history = []
     for step in range(s.start_step + 1, cfg.run.steps + 1):
         t_step = time.perf_counter()
@@ -110,16 +112,68 @@ def train(cfg, *, algorithm: OnPolicyAlgorithm | None = None, model=None, tokeni
             common.adapt_kl_coef(s, stats.get("train/ref_kl", 0.0), int(n_trained))
             times["time/update"] = time.perf_counter() - t0
             times["time/train_tokens_per_s"] = stats["train/tokens"] / max(times["time/update"], 1e-9)
-        # 6. engine weight sync
+        # 6. engine weight sync, verified on a fixed probe
         s.engine.load_weights(s.model)
+        verify_engine_weights(s, probe, step)
         # 7. log (with the step's trajectories every run.log_rollouts_every steps), 8. checkpoint
         rollout_log.log_step(s, step, collected, trajs, batch if trajs else None)
         metrics = common.step_metrics(collected, cfg, times, t_step)
+        metrics.update(run_errors.error_metrics(collected))  # errors/<phase>
+        run_errors.check_error_streak(s.extra_runtime, step, collected, cfg.run.max_error_steps)
         metrics.update(stats)
         metrics.update(sampling)
         common.log_and_checkpoint(s, step, metrics, eval_fn)
         history.append(metrics)
     return common.finish(s, history)
+
+
+def weight_sync_probe(s) -> list[int] | None:
+    """A fixed probe prompt: the first training prompt's first 32 tokens (None when checks are off)."""
+    if not s.cfg.rollout.weight_sync_check:
+        return None
+    from rlvr.rollout import render_prompt
+
+    task = s.prompts.tasks[0]
+    try:
+        env = s.env_factory()
+        if hasattr(env, "bind_tokenizer"):  # chat-template environments render with it
+            env.bind_tokenizer(s.tokenizer)
+        return render_prompt(s.tokenizer, env.reset(task), task.id)[:32]
+    except Exception as e:  # the episode loop reports a bad task; the probe falls back to its id
+        log.warning("weight-sync probe: task %s cannot be reset (%s); probing with a fixed text",
+                    task.id, e)
+        return s.tokenizer.encode("The policy being trained", add_special_tokens=False)[:32]
+
+
+@torch.no_grad()
+def verify_engine_weights(s, probe: list[int] | None, step: int) -> None:
+    """The rollout engine greedily continues ``probe``; its recorded logprobs must equal the
+    trainer's on the same tokens within ``rollout.weight_sync_tol``. A push that never reached the
+    engine (a stale copy, a failed reload, a wrong parameter name) stops the run here instead of
+    training on rollouts of an old policy."""
+    if probe is None:
+        return
+    from rlvr.engine import SamplingParams
+
+    with s.compute():
+        [out] = s.engine.generate([probe], SamplingParams(max_new_tokens=4, temperature=0.0))
+    if not out.token_ids:
+        return
+    t = Trajectory.from_prompt(list(probe), group_id="probe")
+    t.append_sampled(out.token_ids, out.logprobs)
+    batch = collate([t], s.tokenizer.pad_token_id)
+    was = s.model.training
+    s.model.eval()
+    with s.compute():
+        trainer, _ = token_logprobs(s.model, batch.to(s.device), 1.0, with_entropy=False)
+    s.model.train(was)
+    m = batch.loss_mask[0] > 0
+    gap = float((trainer.cpu()[0][m] - batch.logprobs[0][m]).abs().max())
+    if gap > s.cfg.rollout.weight_sync_tol:
+        raise RuntimeError(
+            f"step {step}: the rollout engine disagrees with the trainer on a fixed probe (largest "
+            f"logprob gap {gap:.4g} > rollout.weight_sync_tol = {s.cfg.rollout.weight_sync_tol}); its "
+            f"weights are not the policy being trained (a weight push that did not arrive?)")
 
 
 def check_world(s) -> None:
