@@ -12,6 +12,11 @@ Measures, for BM25 and dense Flat / HNSW (static 64-d encoder):
 
     python bench/bench_retrieval.py                      # ~3-5 minutes on 2 CPU cores
     python bench/bench_retrieval.py --passages 20000 --out results.json
+    python bench/bench_retrieval.py --mixed              # only the mixed load below
+
+``--mixed``: 1,000 single-query requests from 32 client threads against a BM25 server, once all
+good and once with 31 of them replaced by 1 MiB queries; reports the good queries' p50/p99
+latency in both runs (a pathological request must not stall the rest) and the load average.
 
 Dense needs faiss-cpu and tokenlearn-static-model (``pip install 'rlvr[dense]'``).
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import resource
@@ -29,7 +35,9 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 WORDS_PER_PASSAGE = 50
 QUERY_WORDS = 4
@@ -95,6 +103,17 @@ def _peak_rss_mb() -> float:
 def worker(args) -> None:
     from rlvr.retrieval.corpus import read_corpus
 
+    if args.worker == "serve":  # --corpus: the index directory, --out: the server.py to use
+        import importlib.util
+
+        from rlvr.retrieval.base import load_index
+
+        spec = importlib.util.spec_from_file_location("server_under_test", args.out)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # pydantic resolves the module's annotations through it
+        spec.loader.exec_module(module)
+        module.serve(load_index(args.corpus), port=args.port, log_level="warning")
+        return
     base_rss = _peak_rss_mb()
     t0 = time.perf_counter()
     extra = {}
@@ -169,16 +188,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_throughput(index_dir: Path, queries: list[str], threads: int, n_single: int,
-                      batch: int) -> dict:
+@contextmanager
+def served(index_dir: Path, serve_args: list[str] = (),
+           server_file: str | None = None) -> Iterator[str]:
+    """``rlvr serve`` over ``index_dir`` in its own process; yields the base URL once healthy.
+
+    server_file: serve with this copy of retrieval/server.py instead (e.g. an older version from
+    ``git show``), to compare two versions on one machine and corpus.
+    """
     import httpx
 
-    from rlvr.retrieval.client import RetrievalClient
-
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "rlvr", "serve", "--index", str(index_dir),
-                             "--port", str(port), "--log-level", "warning"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if server_file:
+        cmd = [sys.executable, __file__, "--worker", "serve", "--corpus", str(index_dir),
+               "--out", server_file, "--port", str(port)]
+    else:
+        cmd = [sys.executable, "-m", "rlvr", "serve", "--index", str(index_dir), "--port",
+               str(port), "--log-level", "warning", *serve_args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -191,6 +218,19 @@ def server_throughput(index_dir: Path, queries: list[str], threads: int, n_singl
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start: {proc.stderr.read()[-2000:]}")
             time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def server_throughput(index_dir: Path, queries: list[str], threads: int, n_single: int,
+                      batch: int) -> dict:
+    import httpx
+
+    from rlvr.retrieval.client import RetrievalClient
+
+    with served(index_dir) as url:
         # one query per request, `threads` requests in flight (many environments, no batching)
         todo = list(queries[:n_single])
         lock = threading.Lock()
@@ -222,14 +262,111 @@ def server_throughput(index_dir: Path, queries: list[str], threads: int, n_singl
             batched = len(queries) / (time.perf_counter() - t0)
         return {f"http_single_{threads}threads_qps": single, f"http_batched{batch}_qps": batched,
                 "http_errors": len(errors)}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+
+
+# -- mixed load: good queries with a few pathological ones (issue 14) ------------------------
+
+def _pct(xs: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
+    xs = sorted(xs)
+    return xs[max(0, math.ceil(p / 100 * len(xs)) - 1)]
+
+
+def big_query(corpus: Path, n_chars: int) -> str:
+    """A query of ``n_chars`` characters of corpus words: every word is in the index, so a
+    server that scores it whole sums one posting list per word."""
+    words: list[str] = []
+    size = 0
+    with corpus.open() as fh:
+        for line in fh:
+            for w in json.loads(line)["contents"].split("\n", 1)[1].split():
+                words.append(w)
+                size += len(w) + 1
+            if size >= n_chars:
+                break
+    return " ".join(words)[:n_chars]
+
+
+def run_load(url: str, requests: list[tuple[str, str]], threads: int) -> list[tuple]:
+    """Send ``requests`` ((kind, query), one query each) from ``threads`` threads in order;
+    return (kind, status, seconds) per request."""
+    import httpx
+
+    todo = list(reversed(requests))
+    lock = threading.Lock()
+    out: list[tuple] = []
+
+    def loop():
+        with httpx.Client(timeout=300) as http:
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    kind, q = todo.pop()
+                t0 = time.perf_counter()
+                try:
+                    r = http.post(f"{url}/retrieve", json={"queries": [q], "topk": 10,
+                                                           "return_scores": True})
+                    status = r.status_code
+                except httpx.HTTPError as e:
+                    status = type(e).__name__
+                out.append((kind, status, time.perf_counter() - t0))
+
+    pool = [threading.Thread(target=loop) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return out
+
+
+def _summary(rows: list[tuple], wall: float, load_before: float) -> dict:
+    from collections import Counter
+
+    good = [s for kind, status, s in rows if kind == "good" and status == 200]
+    bad = [(status, s) for kind, status, s in rows if kind == "bad"]
+    res = {"good_ok": len(good),
+           "good_failed": sum(1 for kind, status, _ in rows if kind == "good" and status != 200),
+           "good_p50_ms": 1000 * _pct(good, 50), "good_p99_ms": 1000 * _pct(good, 99),
+           "wall_s": wall, "loadavg_1min_before": load_before,
+           "loadavg_1min_after": os.getloadavg()[0]}
+    if bad:
+        res["bad_status"] = dict(Counter(str(st) for st, _ in bad))
+        res["bad_p50_ms"] = 1000 * _pct([s for _, s in bad], 50)
+    return res
+
+
+def mixed(index_dir: Path, corpus: Path, queries: list[str], args) -> dict:
+    """Good single-query requests from ``args.mixed_threads`` threads, without and with
+    ``args.bad`` requests of one ``args.bad_chars``-character query at seeded positions; the
+    latency of the good ones is what a pathological request must not spoil."""
+    rng = random.Random(args.seed)
+    n = args.mixed_requests
+    good = [("good", queries[i % len(queries)]) for i in range(n)]
+    bad_q = big_query(corpus, args.bad_chars)
+    mix = good[: n - args.bad]
+    for pos in sorted(rng.sample(range(n), args.bad)):
+        mix.insert(pos, ("bad", bad_q))
+    out = {"requests": n, "threads": args.mixed_threads, "bad": args.bad,
+           "bad_chars": len(bad_q), "serve_args": args.serve_arg,
+           "server_file": args.server_file}
+    with served(index_dir, args.serve_arg, args.server_file) as url:
+        run_load(url, good[: 2 * args.mixed_threads], args.mixed_threads)  # warm up
+        for name, reqs in (("without_bad", good), ("with_bad", mix)):
+            load = os.getloadavg()[0]
+            t0 = time.perf_counter()
+            rows = run_load(url, reqs, args.mixed_threads)
+            out[name] = _summary(rows, time.perf_counter() - t0, load)
+            print(f"mixed {name}: {json.dumps(out[name])}", file=sys.stderr)
+    out["p99_ratio"] = out["with_bad"]["good_p99_ms"] / out["without_bad"]["good_p99_ms"]
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--passages", type=int, default=100_000)
+    ap.add_argument("--passages", type=int, default=None,
+                    help="corpus size (100,000; 10,000 with --mixed, where the old server took "
+                         "~5 s per huge query)")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--single", type=int, default=200, help="queries timed one per call")
     ap.add_argument("--batch", type=int, default=64)
@@ -238,7 +375,21 @@ def main() -> None:
     ap.add_argument("--no-dense", action="store_true")
     ap.add_argument("--workdir", default=None, help="keep corpus and indexes here")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
-    # internal: a build in a child process
+    ap.add_argument("--mixed", action="store_true",
+                    help="only the mixed-load test: BM25 server, good queries with and without "
+                         "a few huge ones")
+    ap.add_argument("--mixed-requests", type=int, default=1000)
+    ap.add_argument("--mixed-threads", type=int, default=32)
+    ap.add_argument("--bad", type=int, default=31, help="huge-query requests in the mix")
+    ap.add_argument("--bad-chars", type=int, default=2**20, help="length of each huge query")
+    ap.add_argument("--serve-arg", action="append", default=[],
+                    help="extra `rlvr serve` flag for the mixed test (repeatable), "
+                         "e.g. --serve-arg=--max-query-chars=2000000")
+    ap.add_argument("--server-file", default=None,
+                    help="mixed test against this copy of retrieval/server.py (e.g. "
+                         "`git show REV:retrieval/server.py > old.py`) instead of `rlvr serve`")
+    # internal: a build (or a server) in a child process
+    ap.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--corpus", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--vectors", default=None, help=argparse.SUPPRESS)
@@ -246,6 +397,8 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    if args.passages is None:
+        args.passages = 10_000 if args.mixed else 100_000
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="rlvr-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -258,6 +411,16 @@ def main() -> None:
                      "corpus_mb": corpus.stat().st_size / 2**20,
                      "corpus_seconds": time.perf_counter() - t0}
     print(f"corpus: {args.passages} passages, {results['corpus_mb']:.1f} MB", file=sys.stderr)
+
+    if args.mixed:
+        bm25_dir = work / "bm25"
+        results["bm25_build"] = run_worker("bm25", corpus, bm25_dir)
+        results["mixed"] = mixed(bm25_dir, corpus, queries, args)
+        results["total_seconds"] = time.perf_counter() - t_all
+        print(json.dumps(results, indent=2))
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        return
 
     from rlvr.retrieval.base import load_index
 

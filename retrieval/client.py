@@ -93,15 +93,27 @@ class RetrievalClient:
                 last = f"connection failed ({type(e).__name__}: {e})"
                 continue
             if resp.status_code in RETRYABLE_STATUS:
-                last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                last = f"HTTP {resp.status_code}: {_error_text(resp, 200)}"
                 continue
             if resp.status_code >= 400:
-                raise RetrievalError(f"{url}: HTTP {resp.status_code}: {resp.text[:500]}")
+                raise RetrievalError(f"{url}: HTTP {resp.status_code}: {_error_text(resp, 500)}")
             try:
                 return resp.json()
             except ValueError:
                 raise RetrievalError(f"{url}: response is not JSON: {resp.text[:200]!r}") from None
         raise RetrievalError(f"{url}: {last} (after {self.retries + 1} attempt(s))")
+
+
+def _error_text(resp, limit: int) -> str:
+    """The server's reason: the ``error`` field of ``rlvr serve``'s ``{"error": ...}`` body, else
+    the start of whatever body came back (another server, a proxy's HTML page)."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return body["error"][:limit]
+    return resp.text[:limit]
 
 
 def _parse_result(body: Any, n_queries: int, where: str) -> list[list[Hit]]:

@@ -67,15 +67,45 @@ def test_health(url):
 
 @pytest.mark.parametrize("body, status, phrase", [
     (b'{"queries": ["a"', 400, "not valid JSON"),
+    (b'', 400, "body is empty"),
+    (b'{"queries": ["caf\xe9"]}', 400, "not UTF-8: byte 0xe9 at offset 17"),  # Latin-1 é
+    (b'[' * 100_000 + b']' * 100_000, 400, "nests arrays or objects too deeply"),
+    (b'["capital"]', 422, "must be a JSON object"),
     (b'{"topk": 3}', 422, "queries"),
     (b'{"queries": "capital", "topk": 3}', 422, "queries"),
     (b'{"queries": ["a"], "topk": 0}', 422, "topk"),
     (b'{"queries": ["a"], "topk": "many"}', 422, "topk"),
+    (b'{"queries": ["a"], "topk": 1001}', 422, "--max-topk"),
 ])
 def test_bad_requests_get_4xx_with_a_message(url, body, status, phrase):
     r = httpx.post(f"{url}/retrieve", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == status
-    assert phrase in r.json()["error"]
+    assert set(r.json()) == {"error"} and phrase in r.json()["error"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
+                                          "application/json; charset=latin-1"])
+def test_json_under_another_content_type_is_415_naming_it(url, content_type):
+    # FastAPI answered text/plain with 422 "Input should be a valid dictionary"
+    r = httpx.post(f"{url}/retrieve", content=b'{"queries": ["capital"]}',
+                   headers={"Content-Type": content_type})
+    assert r.status_code == 415
+    assert set(r.json()) == {"error"} and content_type in r.json()["error"]
+
+
+def test_json_suffix_and_charset_are_accepted(url):
+    for ct in ("application/json; charset=utf-8", "application/vnd.search+json"):
+        r = httpx.post(f"{url}/retrieve", content=b'{"queries": ["capital"]}',
+                       headers={"Content-Type": ct})
+        assert r.status_code == 200 and len(r.json()["result"][0]) == 2
+
+
+@pytest.mark.parametrize("method, path, status", [("GET", "/retrieve", 405),
+                                                  ("POST", "/search", 404)])
+def test_routing_errors_are_error_bodies(url, method, path, status):
+    r = httpx.request(method, f"{url}{path}", json={"queries": ["a"]})
+    assert r.status_code == status
+    assert set(r.json()) == {"error"} and "POST /retrieve" in r.json()["error"]
 
 
 def test_client_matches_in_process_index(url, index):
