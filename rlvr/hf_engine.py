@@ -92,7 +92,9 @@ class HFEngine:
         try:
             with torch.no_grad():
                 for s in range(0, B, size):
-                    o, r = self._generate_chunk(prompts[s:s + size], params, cached[s:s + size],
+                    part = cached[s:s + size]
+                    cached[s:s + size] = [None] * len(part)  # the chunk frees what it gathered
+                    o, r = self._generate_chunk(prompts[s:s + size], params, part,
                                                 None if uniforms is None else uniforms[s:s + size])
                     outs.extend(o)
                     rows.extend(r)
@@ -102,6 +104,7 @@ class HFEngine:
 
     def _generate_chunk(self, prompts, params, cached, uniforms):
         cache, attn, pos, logits = self._prefill(prompts, cached)
+        cached.clear()  # last turn's cache rows are copied: free them before decoding grows this one
         b, N = len(prompts), params.max_new_tokens
         dev = logits.device
         toks = torch.empty((b, N), dtype=torch.long, device=dev)
