@@ -86,6 +86,9 @@ class RolloutConfig:
     """Nucleus sampling mass."""
     engine: Literal["hf", "vllm"] = "hf"
     """hf | vllm."""
+    max_batch_size: int = 0
+    """Rows the hf engine runs in one forward pass; 0 = the whole rollout batch at once (fastest).
+    Set it only to bound memory: the KV cache and the (rows, vocabulary) logits grow with it."""
     servers: list[str] = field(default_factory=list)
     """URLs of ``rlvr rollout-server`` processes (``[http://node1:8100, ...]``). Non-empty: each
     batch is split over them and every update's weights are pushed to them (docs/scale.md)."""
@@ -311,6 +314,9 @@ class TrainConfig:
                 f"split into rl.mini_batches_per_epoch = {self.rl.mini_batches_per_epoch} equal parts")
         if self.rollout.max_new_tokens >= self.rollout.max_total_tokens:
             raise ValueError("rollout.max_new_tokens must be below rollout.max_total_tokens")
+        if self.rollout.max_batch_size < 0:
+            raise ValueError(f"rollout.max_batch_size must be >= 0 (0 = the whole batch), "
+                             f"got {self.rollout.max_batch_size}")
         from rlvr.algorithms.base import OnPolicyAlgorithm, resolve_settings
         from rlvr.registry import ALGORITHMS
         from rlvr.rewards import reward_spec

@@ -62,6 +62,22 @@ def test_tokens_follow_the_seeded_rule(tiny_model, tiny_tokenizer, max_batch_siz
     assert len({tuple(o.token_ids) for o in outs[:2]}) == 2  # shared prefill, own samples
 
 
+def test_max_batch_size_setting():
+    from rlvr.config import TrainConfig
+    from rlvr.engine import make_engine
+
+    cfg = TrainConfig()
+    cfg.rollout.max_batch_size = -1
+    with pytest.raises(ValueError, match="rollout.max_batch_size"):
+        cfg.validate()
+    assert make_engine("hf", torch.nn.Linear(1, 1), _Tok(), max_batch_size=3).max_batch_size == 3
+    assert make_engine("hf", torch.nn.Linear(1, 1), _Tok()).max_batch_size is None  # whole batch
+
+
+class _Tok:
+    eos_token_id, pad_token_id = 0, 0
+
+
 def test_chunking_changes_nothing(tiny_model, tiny_tokenizer):
     params = SamplingParams(max_new_tokens=16, temperature=1.0, top_p=0.9, seed=5, stop=["e"])
     prompts = prompts_of(tiny_tokenizer)
