@@ -304,29 +304,53 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Ten
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row; return ids (B,) and log_softmax(logits / T) of them (B,).
 
-    Inverse CDF: token ``j`` is drawn when ``cdf[j-1] <= u * cdf[-1] < cdf[j]`` for one uniform
-    ``u`` of the row — probability exactly ``p_j``, as ``torch.multinomial`` (which costs a
-    random number per vocabulary entry). The cumulative sum is fp64, so a 152k vocabulary loses
-    no mass to rounding. ``u`` None: drawn from the global generator."""
+    Inverse CDF (:func:`_inverse_cdf`) with one uniform ``u`` per row, the distribution
+    ``torch.multinomial`` draws from without its random number per vocabulary entry; the
+    softmax is never normalised over the vocabulary (``exp(z - max)`` and its fp64 sum give
+    both the draw and ``logsumexp``). ``u`` None: drawn from the global generator."""
     if temperature == 0:
         nxt = logits.argmax(dim=-1)
         return nxt, logits.gather(1, nxt[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
     z = logits / temperature if temperature != 1.0 else logits  # (B, V)
-    lse = torch.logsumexp(z, dim=-1)  # (B,)
-    probs = (z - lse[:, None]).exp()
-    idx = None
-    if top_p < 1.0:
-        probs, idx = probs.sort(dim=-1, descending=True)
-        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix with mass >= top_p
-        probs = probs.masked_fill(drop, 0.0)
+    m = z.max(dim=-1, keepdim=True).values  # (B, 1)
+    w = (z - m).exp()  # (B, V) unnormalised probabilities, max 1
     if u is None:
-        u = torch.rand(probs.shape[0], dtype=torch.float64, device=probs.device)
-    cdf = probs.double().cumsum(-1)  # (B, V)
-    total = cdf[:, -1:]
-    j = torch.searchsorted(cdf, u[:, None] * total, right=True)  # first j with cdf[j] > u * total
-    j = torch.minimum(j, (cdf < total).sum(-1, keepdim=True))  # never past the last positive mass
-    nxt = (j if idx is None else idx.gather(1, j)).squeeze(1)
+        u = torch.rand(w.shape[0], dtype=torch.float64, device=w.device)
+    if top_p < 1.0:
+        total = w.sum(-1, keepdim=True, dtype=torch.float64)
+        sp, idx = (w / total.float()).sort(dim=-1, descending=True)
+        drop = sp.cumsum(-1) - sp > top_p  # keep the smallest prefix with mass >= top_p
+        nxt = idx.gather(1, _inverse_cdf(sp.masked_fill(drop, 0.0), u)[0][:, None]).squeeze(1)
+    else:
+        nxt, total = _inverse_cdf(w, u)
+    lse = m.squeeze(1) + total.squeeze(1).log().float()  # logsumexp(z)
     return nxt, z.gather(1, nxt[:, None]).squeeze(1) - lse
+
+
+def _inverse_cdf(w: torch.Tensor, u: torch.Tensor, block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index ``j`` per row with ``cdf[j-1] <= u * cdf[-1] < cdf[j]`` over weights ``w`` (B, V) —
+    probability exactly ``w_j / sum(w)`` — and ``sum(w)`` (B, 1), both sums in fp64.
+
+    Two levels, so no (B, V) fp64 tensor is built: fp64 sums of blocks of ``block`` entries, a
+    binary search for the block holding ``u * total``, then a cumulative sum inside that block."""
+    B, V = w.shape
+    nf = V // block
+    sums = w[:, :nf * block].view(B, nf, block).sum(-1, dtype=torch.float64)  # (B, nf)
+    if V > nf * block:
+        sums = torch.cat([sums, w[:, nf * block:].sum(-1, keepdim=True, dtype=torch.float64)], 1)
+    cum = sums.cumsum(-1)  # (B, nb)
+    total = cum[:, -1:]
+    x = u[:, None] * total  # (B, 1)
+    blk = torch.searchsorted(cum, x, right=True)  # first block whose cdf passes x
+    blk = torch.minimum(blk, (cum < total).sum(-1, keepdim=True))  # never past the last mass
+    start = blk * block  # (B, 1)
+    col = start + torch.arange(block, device=w.device)  # (B, block)
+    inside = col < V
+    wb = w.gather(1, col.clamp(max=V - 1)).double() * inside
+    cb = (cum.gather(1, blk) - sums.gather(1, blk)) + wb.cumsum(-1)  # cdf within the block
+    j = torch.searchsorted(cb, x, right=True)
+    j = torch.minimum(j, (cb < cb[:, -1:]).sum(-1, keepdim=True))  # rounding at the block's end
+    return (start + j).squeeze(1), total
 
 
 class _StopMatcher:

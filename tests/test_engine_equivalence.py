@@ -16,7 +16,7 @@ from rlvr.batch import Batch, collate, token_logprobs
 from rlvr.config import RolloutConfig
 from rlvr.engine import SamplingParams
 from rlvr.environment import Environment, StepResult
-from rlvr.hf_engine import HFEngine, _sample, _StopMatcher
+from rlvr.hf_engine import HFEngine, _inverse_cdf, _sample, _StopMatcher
 from rlvr.rollout import collect
 from rlvr.types import Task, Trajectory
 
@@ -108,6 +108,21 @@ def test_inverse_cdf_draws_the_softmax_distribution():
     freq = torch.bincount(nxt, minlength=7).double() / n
     assert (freq[idx[:k]] - sp[:k] / sp[:k].sum()).abs().max() < 0.005
     assert torch.allclose(lp, torch.log_softmax(logits / 0.8, -1)[0][nxt].float(), atol=1e-6)
+
+
+def test_two_level_search_equals_one_cumulative_sum():
+    # blocks of 4 over 10 entries (a short last block), zero weights inside and at the end
+    g = torch.Generator().manual_seed(1)
+    w = torch.rand((64, 10), generator=g)
+    w[:, 3] = 0.0
+    w[:, 8:] = 0.0
+    u = torch.rand(64, generator=g, dtype=torch.float64)
+    u[0], u[1] = 0.0, 1.0 - 2**-53  # the ends of [0, 1)
+    j, total = _inverse_cdf(w, u, block=4)
+    cdf = w.double().cumsum(-1)
+    ref = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1).clamp(max=7)
+    assert torch.equal(j, ref) and (w.gather(1, j[:, None]) > 0).all()
+    assert torch.allclose(total.squeeze(1), cdf[:, -1])
 
 
 def test_stop_table_misses_no_stop(tiny_tokenizer):
