@@ -79,10 +79,11 @@ def test_grpo_on_the_search_env_logs_env_metrics(tmp_path, tiny_tokenizer, monke
         workdir=tmp_path / "work").save(tmp_path / "index")
     # the learner's engine samples from the scripted policy; training still runs the tiny model
     monkeypatch.setattr(rlvr.hf_engine, "HFEngine",
-                        lambda model, tokenizer, device=None: ScriptedEngine(tokenizer, policy))
+                        lambda model, tokenizer, **kw: ScriptedEngine(tokenizer, policy))
     cfg = TrainConfig(algorithm="grpo")
     cfg.env.name, cfg.env.settings = "search", {"index_dir": str(index_dir), "topk": 1}
     cfg.run.output_dir, cfg.run.steps = str(tmp_path / "run"), 2
+    cfg.rollout.weight_sync_check = False  # the scripted engine is deliberately not the policy
     cfg.run.progress, cfg.run.device = False, "cpu"
     cfg.rl.prompts_per_step, cfg.rollout.samples_per_prompt = 2, 2
     cfg.rollout.max_turns, cfg.rollout.max_new_tokens = 3, 64

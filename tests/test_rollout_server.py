@@ -223,3 +223,27 @@ def test_make_engine_with_servers_is_a_remote_engine(tmp_path):
         assert engine.generate([[4, 9]], GREEDY)[0].token_ids == [9]  # the scripted echo
         cfg.weights_dir = str(tmp_path / "shared")
         assert make_engine("hf", None, None, rollout=cfg).weights_dir == tmp_path / "shared"
+
+
+def test_grpo_trains_through_two_rollout_servers_with_verified_weights(model_dir, tmp_path):
+    """``rollout.servers``: every step's rollouts come from two servers, rank 0 pushes the new
+    weights after each update, and the weight-sync probe and the logprob gap show the servers
+    generate with the policy being trained."""
+    from rlvr.config import load_config
+    from rlvr.registry import ALGORITHMS
+
+    services = [RolloutService(build_engine("hf", model_dir, device="cpu"), "hf", model_dir)
+                for _ in range(2)]
+    with running_server(services[0]) as a, running_server(services[1]) as b:
+        cfg = load_config("grpo_calculator", [
+            "--model.name_or_path", model_dir, "--data.train", "calculator", "--run.steps", "2",
+            "--run.progress", "false",
+            "--run.output_dir", str(tmp_path / "run"), "--rl.prompts_per_step", "2",
+            "--rollout.samples_per_prompt", "4", "--rollout.servers", f"[{a},{b}]"])
+        report = ALGORITHMS.get("grpo")(cfg)
+        health = [RemoteEngine([u]).health() for u in (a, b)]
+    assert report["final"]["train/optimizer_steps"] == 1
+    assert report["final"]["train/logprob_gap"] < 1e-4  # the servers sampled with the trainer's weights
+    # the start and one push per step; both servers hold the same weights
+    assert [h["weights_version"] for h in health] == [3, 3]
+    assert health[0]["weights_digest"] == health[1]["weights_digest"]

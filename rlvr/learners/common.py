@@ -152,10 +152,6 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params or [])
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = lr_schedule(optimizer, cfg.optim, total_optimizer_steps(cfg))
-    if cfg.rollout.engine != "hf":
-        raise ValueError(f"rollout.engine {cfg.rollout.engine!r}: the on-policy algorithms run the "
-                         f"hf engine in-process")
-    engine = HFEngine(model, tokenizer, device=device)
     # rows no verifier of this run can reward are refused at load (unless reward models score)
     verifiers = env_cfg.verifiers or getattr(ENVIRONMENTS.get(env_cfg.name), "verifiers", {})
     why = "the reward comes from reward models" if reward_spec(cfg).models else ""
@@ -167,6 +163,16 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
                              answers_optional=why, **size) if cfg.data.eval else None)
     out_dir = run_dir(cfg) if world.main else Path(cfg.run.output_dir)
     world.barrier()
+    separate_weights = bool(cfg.rollout.servers) or cfg.rollout.engine == "vllm"
+    if separate_weights:  # an engine with its own copy of the weights
+        from rlvr.engine import make_engine
+
+        engine = make_engine(cfg.rollout.engine, model, tokenizer,
+                             model_path=_engine_start_dir(cfg, model, tokenizer, out_dir, world),
+                             rollout=cfg.rollout, weights_dir=str(out_dir / "engine_weights"))
+    else:
+        engine = HFEngine(model, tokenizer, device=device,  # shares the training model
+                          max_batch_size=cfg.rollout.max_batch_size or None)
     s = Session(cfg, model, tokenizer, ref_model, optimizer, scheduler, engine,
                 env_factory, PromptStream(tasks, cfg.run.seed, cfg.data.shuffle),
                 eval_tasks, logger, out_dir, device, own_logger=logger is None, world=world)
@@ -176,6 +182,9 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
         s.start_step, s.extra = state["step"], state["extra"]
         s.prompts.position = s.extra.get("data_position", 0)
         log.info("resumed from %s (step %d)", ckpt, s.start_step)
+    if separate_weights and (world.main or not cfg.rollout.servers):
+        engine.load_weights(model)  # vLLM / the servers start from the trainer's (resumed) weights
+    world.barrier()
     if s.logger is None and not world.main:
         s.logger = NullLogger()  # rank 0 writes the metrics
     if s.logger is None:
@@ -184,6 +193,19 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
                                  resume_step=s.start_step if cfg.run.resume else None,
                                  wandb_project=cfg.run.wandb_project, wandb_config=cfg)
     return s
+
+
+def _engine_start_dir(cfg: TrainConfig, model, tokenizer, out_dir: Path, world) -> str:
+    """A directory vLLM can start from: the policy's own, else the trainer's model saved once under
+    the run (``tiny``, a hub id, a .gguf file); rollout servers start from their own ``--model``."""
+    if Path(cfg.model.name_or_path).is_dir() or cfg.rollout.servers:
+        return str(cfg.model.name_or_path)
+    path = out_dir / "engine_init"
+    if world.main and not (path / "config.json").exists():
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    world.barrier()
+    return str(path)
 
 
 def rollout(s: Session, step: int, attempt: int = 0) -> tuple[list[Trajectory], dict[str, float]]:
@@ -289,7 +311,8 @@ def policy_loss_terms(s: Session, mb: Batch, algo, *, kl_coef: float
     β-weighted KL term (unless the KL is in the reward) and the entropy bonus."""
     cfg = s.cfg
     with s.compute():
-        lp, ent = token_logprobs(s.model, mb, policy_temperature(cfg), with_entropy=True)
+        lp, ent = token_logprobs(s.model, mb, policy_temperature(cfg), with_entropy=True,
+                                 entropy_grad=bool(cfg.rl.entropy_coef))  # else a diagnostic only
     per_token, was_clipped = algo.policy_loss(lp, mb, cfg.rl)
     if mb.is_weights is not None:
         per_token = per_token * mb.is_weights

@@ -73,6 +73,9 @@ def train(cfg, *, algorithm: OnPolicyAlgorithm | None = None, model=None, tokeni
         sampling = {k: v if k == "train/sampling_attempts" else s.world.sum_float(v)
                     for k, v in sampling.items()}
         fail_if_nothing_ran(collected, step)
+        release = getattr(s.engine, "sleep", None)  # colocated vLLM frees its GPU memory
+        if callable(release):
+            release()
         # 2. rewards
         t0 = time.perf_counter()
         stats: dict[str, float] = {"train/optimizer_steps": 0}
@@ -113,7 +116,9 @@ def train(cfg, *, algorithm: OnPolicyAlgorithm | None = None, model=None, tokeni
             times["time/update"] = time.perf_counter() - t0
             times["time/train_tokens_per_s"] = stats["train/tokens"] / max(times["time/update"], 1e-9)
         # 6. engine weight sync, verified on a fixed probe
-        s.engine.load_weights(s.model)
+        if s.world.main or not cfg.rollout.servers:  # rollout servers: rank 0 pushes for all
+            s.engine.load_weights(s.model)
+        s.world.barrier()
         verify_engine_weights(s, probe, step)
         # 7. log (with the step's trajectories every run.log_rollouts_every steps), 8. checkpoint
         rollout_log.log_step(s, step, collected, trajs, batch if trajs else None)
