@@ -106,6 +106,9 @@ class RolloutConfig:
     each update pushes every weight anyway)."""
     vllm_max_model_len: int = 0
     """vLLM's context length in tokens; 0 = ``rollout.max_total_tokens``."""
+    score_timeout_s: float = 120.0
+    """Deadline of one episode's scoring (its environment's verifiers) in training and evaluation;
+    past it the episode scores 0 with an error naming the phase and the task (0 = no deadline)."""
     weight_sync_check: bool = True
     """After every weight push (and before the first step) the engine greedily continues a fixed
     probe prompt and its logprobs must agree with the trainer's; a stale engine stops the run."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable
@@ -189,8 +190,7 @@ def collect(engine, tokenizer, env_factory: Callable[[], Environment], tasks: li
         turn += 1
     session.close()
 
-    for ep in episodes:
-        _score(ep, tokenizer)
+    _score_all(episodes, tokenizer, getattr(cfg, "score_timeout_s", 0.0))
     return [ep.traj for ep in episodes]
 
 
@@ -285,7 +285,51 @@ def _fail(ep: _Episode, message: str) -> None:
     ep.traj.error = message
 
 
-def _score(ep: _Episode, tokenizer) -> None:
+def _score_all(episodes: list[_Episode], tokenizer, timeout_s: float) -> None:
+    """Score every episode; each ``env.score`` call gets ``timeout_s`` seconds (0 = no deadline).
+
+    The calls run one after another in a daemon thread; one past its deadline becomes that
+    episode's ``score_error`` (naming the phase, the task and the deadline), and a fresh thread
+    scores the rest. A Python call cannot be killed, so the stuck thread is abandoned (it dies
+    with the process); a verifier that can hang for real belongs in the verifier pool's worker
+    processes (``rlvr.scoring``), as math-verify is."""
+    jobs = [ep for ep in episodes if _prepare_score(ep)]
+    completions = [tokenizer.decode(ep.traj.completion_ids, skip_special_tokens=False) for ep in jobs]
+    results: dict[int, object] = {}
+    done = threading.Condition()
+    start = 0
+    while start < len(jobs):
+        def work(first: int = start) -> None:
+            for i in range(first, len(jobs)):
+                try:
+                    r = jobs[i].env.score(completions[i], jobs[i].task)
+                except Exception as e:  # a scoring failure is the episode's, never the batch's
+                    r = e
+                with done:
+                    if i in results:  # given up on already
+                        return
+                    results[i] = r
+                    done.notify_all()
+
+        threading.Thread(target=work, daemon=True, name="rlvr-score").start()
+        i = start
+        with done:
+            while i < len(jobs):
+                if i not in results and not done.wait_for(lambda: i in results,
+                                                          timeout=timeout_s or None):
+                    results[i] = TimeoutError(
+                        f"phase score: task {jobs[i].task.id} was still being scored after "
+                        f"rollout.score_timeout_s = {timeout_s:g} s")
+                    i += 1
+                    break  # that thread is stuck: a new one takes the rest
+                i += 1
+        start = i
+    for i, ep in enumerate(jobs):
+        _apply_score(ep, results[i])
+
+
+def _prepare_score(ep: _Episode) -> bool:
+    """Metrics, errors and step rewards; True when the environment must still score the episode."""
     traj = ep.traj
     try:
         traj.info.update(ep.env.metrics())
@@ -293,16 +337,19 @@ def _score(ep: _Episode, tokenizer) -> None:
         traj.info["metrics_error"] = str(e)
     if traj.error is not None:
         traj.reward, traj.correct = 0.0, False
-        return
+        return False
     if ep.step_reward is not None:
         traj.reward = ep.step_reward
-        return
-    completion = tokenizer.decode(traj.completion_ids, skip_special_tokens=False)
-    try:
-        score = ep.env.score(completion, ep.task)
-    except Exception as e:  # a scoring failure is the episode's, never the batch's
+        return False
+    return True
+
+
+def _apply_score(ep: _Episode, score) -> None:
+    traj = ep.traj
+    if isinstance(score, BaseException):
         traj.reward, traj.correct = 0.0, False
-        traj.info["score_error"] = f"{type(e).__name__}: {e}"
+        traj.info["score_error"] = (str(score) if isinstance(score, TimeoutError)
+                                    else f"{type(score).__name__}: {score}")
         return
     traj.reward, traj.correct, traj.reward_parts = float(score.reward), score.correct, dict(score.parts)
     if score.reason:

@@ -45,7 +45,7 @@ TASKS = [rlvr.Task("Where is Paris?", ["France"], id=f"probe:{i}") for i in rang
 _RUNS: dict = {}
 
 
-def run_probe(out_dir, *, steps=2, rl=None, env_verifiers=None, **run):
+def run_probe(out_dir, *, steps=2, rl=None, env_verifiers=None, rollout=None, **run):
     """A real GRPO run (tiny model, HF engine) on the probe environment in ``out_dir/grpo``, with
     ``rl`` and ``run`` settings on top; returns (its directory, the tokenizer)."""
     from rlvr.models import build_tiny_model, build_tiny_tokenizer
@@ -67,6 +67,8 @@ def run_probe(out_dir, *, steps=2, rl=None, env_verifiers=None, **run):
     cfg.run.seed = 3
     for k, v in run.items():
         setattr(cfg.run, k, v)
+    for k, v in (rollout or {}).items():
+        setattr(cfg.rollout, k, v)
     ALGORITHMS.get("grpo")(cfg, model=model, tokenizer=tok, tasks=TASKS)
     return out_dir / "grpo", tok
 

@@ -110,3 +110,28 @@ def test_a_run_whose_verifier_always_fails_stops_after_max_error_steps(tmp_path)
         run_probe(tmp_path, steps=4, max_error_steps=2, env_verifiers={"run_errors_broken": 1.0})
     rows = [json.loads(x) for x in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1] and rows[0]["errors/verifier"] == 4
+
+
+def test_a_verifier_that_hangs_is_cut_at_its_deadline_and_stops_the_run(tmp_path):
+    """A plugin verifier that never returns: each episode's scoring is given up after
+    ``rollout.score_timeout_s``, recorded with the phase, the task and the deadline, and two such
+    steps in a row stop the run saying so, instead of a run that waits forever."""
+    import threading
+
+    import rlvr
+    from test_rollout_log import run_probe
+
+    release = threading.Event()
+
+    @rlvr.verifier("run_errors_hangs")
+    def hangs(completion, answer, **info):
+        release.wait(60)  # "forever" for this test; released at the end so no thread lingers
+        return 0.0
+
+    try:
+        with pytest.raises(RuntimeError, match=r"step 2: every reward of the last 2 steps.*'score'.*"
+                                               r"still being scored after rollout.score_timeout_s = 0.2 s"):
+            run_probe(tmp_path, steps=4, max_error_steps=2, env_verifiers={"run_errors_hangs": 1.0},
+                      rollout={"score_timeout_s": 0.2})
+    finally:
+        release.set()
