@@ -82,8 +82,8 @@ def test_micro_batching_does_not_change_the_update(setup):
 
 def test_config_errors_name_the_field():
     # an enumerated setting is checked where the config is parsed, naming the valid values
-    with pytest.raises(ValueError, match=r"'pref.loss': Invalid value 'robust', expected one of "
-                                         r"\['sigmoid', 'cdpo', 'ipo', 'simpo'\]"):
+    with pytest.raises(ValueError, match=r"--pref.loss robust: Invalid value 'robust', expected one "
+                                         r"of \['sigmoid', 'cdpo', 'ipo', 'simpo'\]"):
         load_config(None, ["--pref.loss", "robust"])
     with pytest.raises(ValueError, match="only applies to pref.loss = cdpo"):
         check_pref_config(load_config(None, ["--pref.label_smoothing", "0.1"]).pref)
