@@ -10,6 +10,8 @@ Phases, from where the episode loop (:mod:`rlvr.rollout`) and the verifiers reco
 ``step``       the environment's step raised: a tool call, retrieval or sandbox run
 ``score``      the environment's scoring raised (``info["score_error"]``)
 ``verifier``   a verifier timed out, crashed or raised (its reason says so; the reward is 0)
+``retrieval``  every search of the episode failed (a dead retriever answers each one with an
+               error observation, so the episode itself goes on; ``info["retrieval_errors"]``)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections import Counter
 
 from rlvr.types import Trajectory
 
-PHASES = ("reset", "engine", "step", "score", "verifier")
+PHASES = ("reset", "engine", "step", "score", "verifier", "retrieval")
 _PREFIX = {"reset failed": "reset", "engine failed": "engine", "step failed": "step"}
 #: substrings of a Score reason that mean the verifier itself failed (see rlvr.scoring)
 _VERIFIER_FAILED = ("verifier timed out", "verifier worker crashed", "could not be sent to a",
@@ -35,6 +37,10 @@ def error_of(t: Trajectory) -> tuple[str, str] | None:
     reason = str(t.info.get("score_reason", ""))
     if any(m in reason for m in _VERIFIER_FAILED) and "verifier" in reason:
         return "verifier", reason
+    failed, searches = t.info.get("retrieval_errors", 0), t.info.get("searches", 0)
+    if failed and failed >= searches:
+        last = next((c.error for c in reversed(t.tool_calls) if getattr(c, "error", None)), "")
+        return "retrieval", f"every search of the episode failed ({int(failed)}): {last}"
     return None
 
 

@@ -29,7 +29,13 @@ def test_phases_of_failed_episodes():
     assert error_of(timed) == ("verifier", "qa_em: verifier timed out after 10s (worker killed)")
     m = error_metrics([ok, timed, timed, traj(error="engine failed: x")])
     assert m == {"errors/reset": 0, "errors/engine": 1, "errors/step": 0, "errors/score": 0,
-                 "errors/verifier": 2}
+                 "errors/verifier": 2, "errors/retrieval": 0}
+    # a search that failed among ones that worked is not an episode failure; all failed is
+    dead = traj()
+    dead.info.update(searches=2.0, retrieval_errors=2.0)
+    half = traj()
+    half.info.update(searches=2.0, retrieval_errors=1.0)
+    assert error_of(dead)[0] == "retrieval" and error_of(half) is None
 
 
 def test_a_streak_of_all_error_steps_stops_with_the_most_common_reason():
@@ -135,3 +141,54 @@ def test_a_verifier_that_hangs_is_cut_at_its_deadline_and_stops_the_run(tmp_path
                       rollout={"score_timeout_s": 0.2})
     finally:
         release.set()
+
+
+def test_a_retriever_that_dies_mid_run_stops_it_naming_the_phase(tmp_path, tiny_tokenizer, monkeypatch):
+    """The retriever answers step 1, then refuses every connection: each search becomes an error
+    observation (the episode goes on), and after ``run.max_error_steps`` steps in which every
+    episode's every search failed, the run stops naming the retrieval phase and the server."""
+    import json
+
+    import rlvr.hf_engine
+    from rlvr.config import TrainConfig
+    from rlvr.models import build_tiny_model
+    from rlvr.registry import ALGORITHMS
+    from rlvr.retrieval.base import Hit, RetrievalError
+    from rlvr.retrieval.corpus import Passage
+    from rlvr.testing import ScriptedEngine
+    from rlvr.types import Task
+
+    class DyingIndex:
+        calls = 0
+
+        def search(self, queries, k):
+            DyingIndex.calls += 1
+            if DyingIndex.calls > 1:
+                raise RetrievalError("server at http://127.0.0.1:8000/retrieve refused the connection")
+            return [[Hit(Passage.from_contents("d1", '"Paris"\nParis is the capital.'), 1.0)]
+                    for _ in queries]
+
+    def policy(context):
+        if "<information>" not in context.split("Question:")[-1]:
+            return "<think>look it up</think><search> capital of france </search>"
+        return "<answer> Paris </answer>"
+
+    monkeypatch.setattr(rlvr.hf_engine, "HFEngine", lambda model, tokenizer, **kw: ScriptedEngine(tokenizer, policy))
+    cfg = TrainConfig(algorithm="grpo")
+    import rlvr.environments.search as search_mod
+
+    monkeypatch.setitem(search_mod._INDEXES, str((tmp_path / "idx").resolve()), DyingIndex())
+    cfg.env.name, cfg.env.settings = "search", {"index_dir": str(tmp_path / "idx"), "topk": 1}
+    cfg.run.output_dir, cfg.run.steps, cfg.run.max_error_steps = str(tmp_path / "run"), 6, 2
+    cfg.rollout.weight_sync_check = False  # the scripted engine is deliberately not the policy
+    cfg.run.progress, cfg.run.device = False, "cpu"
+    cfg.rl.prompts_per_step, cfg.rollout.samples_per_prompt = 1, 2
+    cfg.rollout.max_turns, cfg.rollout.max_new_tokens, cfg.rollout.max_total_tokens = 2, 32, 512
+    model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=1, seed=0)
+    with pytest.raises(RuntimeError, match=r"step 3: every reward of the last 2 steps.*'retrieval'.*"
+                                           r"refused the connection"):
+        ALGORITHMS.get("grpo")(cfg.validate(), model=model, tokenizer=tiny_tokenizer,
+                               tasks=[Task("What is the capital of France?", ["Paris"], id="q:0")])
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[0]["errors/retrieval"] == 0 and rows[1]["errors/retrieval"] == 2
