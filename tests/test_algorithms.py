@@ -16,6 +16,7 @@ from rlvr.losses import aggregate, cispo_policy_loss, gspo_policy_loss, mismatch
 from rlvr.registry import ALGORITHMS
 from rlvr.types import Task, Trajectory
 from conftest import tiny_learner_config
+from helpers.grads import record_gradients
 
 ON_POLICY = ["grpo", "dapo", "gspo", "cispo", "rloo", "reinforce", "reinforce_pp", "ppo"]
 TASKS = [Task("1 + 1", ["2"], id="unused")]
@@ -176,20 +177,11 @@ def _varied(step, attempt):
 
 
 def _last_gradient(tmp_path, tokenizer, monkeypatch, algorithm, tag, **rl):
-    grads = []
-    real = torch.nn.utils.clip_grad_norm_
-
-    def spy(params, *a, **kw):
-        params = list(params)
-        grads.append(torch.cat([p.grad.flatten() for p in params if p.grad is not None]).clone())
-        return real(params, *a, **kw)
-
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
     _fake_rollout(monkeypatch, _varied)
     cfg = _cfg(tmp_path / tag, algorithm, **rl)
     cfg.optim.lr = 0.05  # step 1 moves the policy away from the reference, so step 2 has a KL
-    ALGORITHMS.get(algorithm)(cfg, model=_model(tokenizer), tokenizer=tokenizer, tasks=TASKS)
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", real)
+    with record_gradients() as grads:
+        ALGORITHMS.get(algorithm)(cfg, model=_model(tokenizer), tokenizer=tokenizer, tasks=TASKS)
     return grads[-1], _rows(cfg)
 
 

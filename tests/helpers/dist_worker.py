@@ -16,6 +16,8 @@ from rlvr.models import build_tiny_model, build_tiny_tokenizer
 from rlvr.registry import ALGORITHMS
 from rlvr.types import Task, Trajectory
 
+from grads import record_gradients  # tests/helpers, this script's folder
+
 TASKS = [Task(f"q{i}", [str(i)], id=f"t{i}") for i in range(4)]
 
 
@@ -49,19 +51,11 @@ def main(out: str, algorithm: str) -> None:
     if algorithm == "reinforce_pp":
         cfg.rl.kl_in_reward = True
     cfg.validate()
-    grads = []
-    real = torch.nn.utils.clip_grad_norm_
-
-    def spy(params, *a, **kw):
-        params = list(params)
-        grads.append(torch.cat([p.grad.flatten() for p in params if p.grad is not None]).clone())
-        return real(params, *a, **kw)
-
-    torch.nn.utils.clip_grad_norm_ = spy
     common.rollout = fake_rollout
     tok = build_tiny_tokenizer()
     model = build_tiny_model(tok, hidden_size=32, num_layers=1, seed=0)
-    report = ALGORITHMS.get(algorithm)(cfg, model=model, tokenizer=tok, tasks=TASKS)
+    with record_gradients() as grads:
+        report = ALGORITHMS.get(algorithm)(cfg, model=model, tokenizer=tok, tasks=TASKS)
     rank = int(os.environ.get("RANK", "0"))
     torch.save({"grads": grads, "final": report["final"]}, os.path.join(out, f"rank{rank}.pt"))
 
