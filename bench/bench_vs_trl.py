@@ -16,7 +16,8 @@ TRL lives in its own virtual environment (``--trl-venv``, default ``$RLVR_CACHE/
 created on first use with ``torch==2.13.0`` installed first (so pip does not pull a CUDA build)
 and then ``trl``. rlvr never depends on TRL and this script imports neither at the top.
 
-Phases. rlvr logs ``time/rollout`` and ``time/update`` in its metrics.jsonl. On the TRL side a
+Phases. rlvr logs ``time/rollout``, ``time/reward`` and ``time/update`` in its metrics.jsonl;
+its generate phase is rollout + reward. On the TRL side a
 callback times each optimizer step and a wrapper times ``_generate_and_score_completions``
 (generation plus reward scoring); update is the step minus that. The first step of every run is
 a warm-up and is left out. Prints a table of medians and rlvr/TRL ratios, then one JSON object.
@@ -119,7 +120,9 @@ def worker_rlvr(spec: dict) -> dict:
     rows = [json.loads(line) for line in open(out / "run" / "metrics.jsonl")]
     rows = [r for r in rows if "time/rollout" in r]
     lens = [r.get("rollout/response_len") for r in rows]
-    return {"step": [r["time/step"] for r in rows], "generate": [r["time/rollout"] for r in rows],
+    # generate = sampling + scoring, as TRL's _generate_and_score_completions (timed there) does both
+    return {"step": [r["time/step"] for r in rows],
+            "generate": [r["time/rollout"] + r.get("time/reward", 0.0) for r in rows],
             "update": [r["time/update"] for r in rows], "total_s": total, "mean_completion_len": lens}
 
 
@@ -265,6 +268,10 @@ def main(argv=None) -> int:
         for k in ("step", "generate", "update"):
             print(f"{r['shape']:<14}{k:<10}{r['median_s']['rlvr'][k]:>9.3f}"
                   f"{r['median_s']['trl'][k]:>9.3f}{r['ratio_rlvr_over_trl'][k]:>8.2f}")
+    for r in results:
+        lens = {s: sorted({n for x in r["runs"][s] for n in x["mean_completion_len"]}) for s in r["runs"]}
+        print(f"{r['shape']}: mean completion lengths seen, rlvr {lens['rlvr']}, TRL {lens['trl']}"
+              f" (TRL {r['runs']['trl'][0].get('trl_version')})")
     print(f"load average (1/5/15 min) at start {load_start}, at end {load_end} on "
           f"{os.cpu_count()} cores: the machine is shared, so treat the ratios as rough")
     summary = {"results": results, "loadavg_start": load_start, "loadavg_end": load_end,
