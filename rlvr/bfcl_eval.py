@@ -1,4 +1,4 @@
-"""``rlvr eval --env bfcl``: BFCL v4 single-turn accuracy of a model, per category and overall.
+"""``rlvr eval --env bfcl``: BFCL v4 accuracy of a model, per category and overall.
 
     rlvr eval --env bfcl --model Qwen/Qwen2.5-1.5B-Instruct \\
               --data simple_python,multiple,parallel,parallel_multiple,irrelevance,live_simple \\
@@ -7,9 +7,12 @@
 Each test is one greedy episode of the ``tools`` environment: the function docs go to the chat
 template as tools, the model's calls are read in its template's format, and the ``bfcl`` verifier
 checks them with BFCL's AST rules. ``live_multiple`` evaluates only the rows outside its training
-split (:mod:`rlvr.bfcl_data`). The output directory gets ``predictions.jsonl`` (one line per test,
-with the reason of every failure; a rerun resumes from it), ``results.txt``, ``report.json`` and
-``accuracy.png``. "overall" is the unweighted mean over categories; "all rows" counts every test.
+split (:mod:`rlvr.bfcl_data`). ``multi_turn_base`` tests are episodes of the ``bfcl_multi_turn``
+environment instead: user turns in sequence over BFCL's stateful APIs, scored by BFCL's per-turn
+state and response checks (:mod:`rlvr.bfcl_multi_turn`). The output directory gets
+``predictions.jsonl`` (one line per test, with the reason of every failure; a rerun resumes from
+it), ``results.txt``, ``report.json`` and ``accuracy.png``. "overall" is the unweighted mean over
+categories; "all rows" counts every test.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import json
 import math
 import sys
 from pathlib import Path
+
+from rlvr.bfcl_multi_turn import MULTI_TURN
 
 
 def run_bfcl(args) -> int:
@@ -34,7 +39,8 @@ def run_bfcl(args) -> int:
     if args.index or args.retriever:
         raise ValueError("--env bfcl does not retrieve; drop --index / --retriever")
     categories = [c.strip() for c in args.data.split(",") if c.strip()]
-    datasets = {c: load_category(c, limit=args.limit) for c in categories}
+    datasets = {c: _multi_turn_tasks(c, args.limit) if c in MULTI_TURN
+                else load_category(c, limit=args.limit) for c in categories}
     cfg = RolloutConfig(samples_per_prompt=1, max_turns=1, max_new_tokens=args.max_new_tokens,
                         max_total_tokens=args.max_total_tokens, max_obs_tokens=args.max_obs_tokens,
                         temperature=0.0, engine=args.engine)
@@ -45,6 +51,7 @@ def run_bfcl(args) -> int:
         predictions.unlink(missing_ok=True)
     done = read_predictions(predictions)
     env_factory = make_env_factory(EnvConfig(name="tools", settings={"parser": "auto"}))
+    multi = _multi_turn_setup(cfg, [t for c, ts in datasets.items() if c in MULTI_TURN for t in ts])
     model, tokenizer = load_policy(ModelConfig(name_or_path=args.model, dtype=args.dtype),
                                    pick_device(args.device))
     engine = make_engine(args.engine, model, tokenizer)
@@ -53,15 +60,19 @@ def run_bfcl(args) -> int:
             todo = [t for t in tasks if t.id not in done]
             for start in range(0, len(todo), args.batch_size):
                 chunk = todo[start:start + args.batch_size]
-                trajs = collect(engine, tokenizer, env_factory, chunk, samples_per_prompt=1,
-                                cfg=cfg, greedy=True)
+                factory, run_cfg = multi if name in MULTI_TURN else (env_factory, cfg)
+                trajs = collect(engine, tokenizer, factory, chunk, samples_per_prompt=1,
+                                cfg=run_cfg, greedy=True)
                 for task, traj in zip(chunk, trajs):
                     completion = tokenizer.decode(traj.completion_ids, skip_special_tokens=False)
-                    score = bfcl(completion, task.answer, **task.info)
-                    rec = {"id": task.id, "category": name, "correct": bool(score.correct),
-                           "reason": score.reason or traj.error or "", "error": traj.error,
-                           "finish_reason": traj.finish_reason, "completion": completion,
-                           "answer": task.answer}
+                    if name in MULTI_TURN:  # scored by the environment: BFCL's per-turn checks
+                        rec = _multi_turn_record(task, name, traj, completion)
+                    else:
+                        score = bfcl(completion, task.answer, **task.info)
+                        rec = {"id": task.id, "category": name, "correct": bool(score.correct),
+                               "reason": score.reason or traj.error or "", "error": traj.error,
+                               "finish_reason": traj.finish_reason, "completion": completion,
+                               "answer": task.answer}
                     done[task.id] = rec
                     f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
                 f.flush()
@@ -75,6 +86,43 @@ def run_bfcl(args) -> int:
     print(format_table(result))
     print(f"wrote {out / 'report.json'}", file=sys.stderr)
     return 0
+
+
+# -- multi_turn_base: one episode of the bfcl_multi_turn environment per test ----------------------
+
+def _multi_turn_tasks(category: str, limit: int) -> list:
+    from rlvr.bfcl_multi_turn import load_entries
+    from rlvr.environments.bfcl_multi_turn import tasks_from_entries
+
+    return tasks_from_entries(load_entries(category, limit), category)
+
+
+def _multi_turn_setup(cfg, tasks: list):
+    """(environment factory, rollout config) for multi-turn tests, or None when there are none.
+    Every policy turn counts against ``max_turns``: it is set so that only BFCL's own step limit
+    (``max_steps_per_turn`` steps with calls, and the answer, per user turn) can end a test."""
+    from dataclasses import replace
+
+    from rlvr.config import EnvConfig
+    from rlvr.environments.bfcl_multi_turn import BfclMultiTurnEnv
+    from rlvr.rollout import make_env_factory
+
+    if not tasks:
+        return None
+    user_turns = max(len(t.info["entry"]["question"]) for t in tasks)
+    factory = make_env_factory(EnvConfig(name="bfcl_multi_turn", settings={"parser": "auto"}))
+    return factory, replace(cfg, max_turns=user_turns * (BfclMultiTurnEnv.max_steps_per_turn + 2))
+
+
+def _multi_turn_record(task, category: str, traj, completion: str) -> dict:
+    return {"id": task.id, "category": category, "correct": bool(traj.correct),
+            "reason": (traj.error or traj.info.get("score_error")
+                       or traj.info.get("score_reason", "")),
+            "error": traj.error, "finish_reason": traj.finish_reason,
+            "turns_passed": traj.reward_parts.get("turns_passed", 0.0),
+            "user_turns": len(task.info["entry"]["question"]),
+            "forced_quit": bool(traj.info.get("forced_quit")), "completion": completion,
+            "answer": task.info["entry"]["ground_truth"]}
 
 
 def summarize(records: dict[str, list[dict]]) -> dict:

@@ -228,7 +228,7 @@ VERIFIERS = Registry(
 ENVIRONMENTS = Registry(
     "environment", "rlvr.environments",
     ("rlvr.environments.calculator", "rlvr.environments.math", "rlvr.environments.search",
-     "rlvr.environments.code", "rlvr.environments.tools"),
+     "rlvr.environments.code", "rlvr.environments.tools", "rlvr.environments.bfcl_multi_turn"),
 )
 ALGORITHMS = Registry(
     "algorithm", "rlvr.algorithms",
