@@ -72,30 +72,33 @@ class World:
                 g.copy_(flat[i:i + g.numel()].view_as(g))
                 i += g.numel()
 
-    def gather_rows(self, t: torch.Tensor | None) -> torch.Tensor | None:
-        """(B, ...) on each rank → (sum of B, ...) in rank order; a (B, T) tensor is right-padded
-        with zeros to the longest T first."""
+    def row_counts(self, local_rows: int) -> list[int]:
+        """Every rank's number of rows, in rank order (one exchange per batch)."""
+        if not self.active:
+            return [local_rows]
+        sizes = [None] * self.size
+        dist.all_gather_object(sizes, local_rows)
+        return sizes
+
+    def gather_rows(self, t: torch.Tensor | None, sizes: list[int]) -> torch.Tensor | None:
+        """(B, ...) on each rank → (sum of ``sizes``, ...) in rank order; a (B, T) tensor is
+        right-padded with zeros to the longest T first."""
         if not self.active or t is None:
             return t
         if t.dim() == 2:
             width = torch.tensor(t.shape[1])
             dist.all_reduce(width, op=dist.ReduceOp.MAX)
             t = torch.nn.functional.pad(t, (0, int(width) - t.shape[1]))
-        sizes = [None] * self.size
-        dist.all_gather_object(sizes, t.shape[0])
         parts = [t.new_zeros((n,) + tuple(t.shape[1:])) for n in sizes]
         dist.all_gather(parts, t.contiguous())
         return torch.cat(parts)
 
-    def my_rows(self, t: torch.Tensor, local_rows: int, width: int | None = None) -> torch.Tensor:
-        """This rank's rows of a gathered tensor (all ranks have ``local_rows`` rows), cut back to
-        ``width`` columns."""
+    def my_rows(self, t: torch.Tensor, sizes: list[int], width: int | None = None) -> torch.Tensor:
+        """This rank's rows of a tensor gathered with ``sizes``, cut back to ``width`` columns."""
         if not self.active:
             return t
-        sizes = [None] * self.size
-        dist.all_gather_object(sizes, local_rows)
         start = sum(sizes[:self.rank])
-        out = t[start:start + local_rows]
+        out = t[start:start + sizes[self.rank]]
         return out[:, :width] if width is not None and out.dim() == 2 else out
 
     def gather_objects(self, items: list) -> list:

@@ -91,14 +91,15 @@ def train(cfg, *, algorithm: OnPolicyAlgorithm | None = None, model=None, tokeni
             beta = common.kl_coef(s)
             inputs, kl_per_token = advantage_inputs(s, batch, outcome, beta, critic)
             # 4. advantages, over the whole batch of every rank (batch-level baselines see it all)
-            inputs = gathered(s.world, inputs)
+            sizes = s.world.row_counts(len(batch))
+            inputs = gathered(s.world, inputs, sizes)
             adv = algo.advantages(inputs, cfg.rl)
             adv = (adv[:, None] if adv.dim() == 1 else adv) * inputs.loss_mask  # (B_all, T_all)
-            B, T = batch.loss_mask.shape
-            batch.advantages = s.world.my_rows(adv, B, T)
-            batch.values = s.world.my_rows(inputs.values, B, T) if inputs.values is not None else None
+            T = batch.loss_mask.shape[1]
+            batch.advantages = s.world.my_rows(adv, sizes, T)
+            batch.values = s.world.my_rows(inputs.values, sizes, T) if inputs.values is not None else None
             returns = inputs.outputs.get("returns")
-            batch.returns = s.world.my_rows(returns, B, T) if returns is not None else None
+            batch.returns = s.world.my_rows(returns, sizes, T) if returns is not None else None
             times["time/advantages"] = time.perf_counter() - t0
             # 5. update
             t0 = time.perf_counter()
@@ -280,11 +281,11 @@ def advantage_inputs(s, batch: Batch, outcome: torch.Tensor, beta: float, critic
                            state=s.extra), kl
 
 
-def gathered(world, x: AdvantageInputs) -> AdvantageInputs:
+def gathered(world, x: AdvantageInputs, sizes: list[int]) -> AdvantageInputs:
     """The advantage inputs of every rank's rows, in rank order (itself in one process)."""
     if not world.active:
         return x
-    g = world.gather_rows
+    g = lambda t: world.gather_rows(t, sizes)  # noqa: E731
     return AdvantageInputs(g(x.rewards), g(x.token_rewards), g(x.loss_mask), x.group_size,
                            g(x.values), state=x.state)
 
