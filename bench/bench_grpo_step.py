@@ -27,8 +27,8 @@ def main(argv=None) -> int:
 
     import torch
 
-    from rlvr.advantages import grpo_advantages
-    from rlvr.config import load_config
+    from rlvr.algorithms.advantages import grpo_advantages
+    from rlvr.core.config import load_config
     from rlvr.learners import common
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
                                                     "--run.progress", "false",
                                                     "--run.steps", str(args.steps + 1)])
         from rlvr.cli.train_cmd import _resolve_data_paths
-        from rlvr.config import resolve_config_path
+        from rlvr.core.config import resolve_config_path
 
         _resolve_data_paths(cfg, resolve_config_path(args.config))
         s = common.setup(cfg, needs_ref=cfg.rl.kl_coef > 0)

@@ -3,7 +3,7 @@ the model was fed (prefill vs decode), optionally against an older checkout of r
 
     python bench/bench_rollout.py [--prompts 16] [--samples 8] [--runs 5] [--before DIR] [--device cpu]
 
-One run = one ``rlvr.rollout.collect`` on a seeded random tiny Llama (``--hidden``, ``--layers``):
+One run = one ``rlvr.rollout.episodes.collect`` on a seeded random tiny Llama (``--hidden``, ``--layers``):
 ``single`` generates ``--max-new-tokens`` per episode in one turn (no stop string); ``multi``
 ends each turn at the stop string ``e`` (frequent in random text) and appends an 8-token
 observation, for ``--turns`` turns. ``--before DIR`` (a ``git worktree`` of an older commit)
@@ -27,12 +27,12 @@ def one_run(args) -> dict:
     """One collect of each kind in this process; returns tokens and seconds."""
     import torch
 
-    from rlvr.config import RolloutConfig
-    from rlvr.environment import Environment, StepResult
-    from rlvr.hf_engine import HFEngine
-    from rlvr.models import build_tiny_model, build_tiny_tokenizer
-    from rlvr.rollout import collect
-    from rlvr.types import Score, Task
+    from rlvr.core.config import RolloutConfig
+    from rlvr.core.environment import Environment, StepResult
+    from rlvr.engines.hf import HFEngine
+    from rlvr.core.models import build_tiny_model, build_tiny_tokenizer
+    from rlvr.rollout.episodes import collect
+    from rlvr.core.types import Score, Task
 
     torch.set_num_threads(args.threads)
     tok = build_tiny_tokenizer()

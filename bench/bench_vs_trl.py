@@ -48,7 +48,7 @@ def reward_of(text: str) -> float:
 
 def build_model_dir(out: Path) -> Path:
     """A tiny Llama whose tokenizer's EOS is a token the model cannot emit (id == vocab size)."""
-    from rlvr.models import build_tiny_model, build_tiny_tokenizer
+    from rlvr.core.models import build_tiny_model, build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     model = build_tiny_model(tok)  # output vocabulary = len(tok), before the extra token
@@ -86,10 +86,10 @@ def worker_rlvr(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     import rlvr
-    from rlvr.config import load_config
-    from rlvr.environment import Environment
-    from rlvr.registry import ALGORITHMS
-    from rlvr.types import Score
+    from rlvr.core.config import load_config
+    from rlvr.core.environment import Environment
+    from rlvr.core.registry import ALGORITHMS
+    from rlvr.core.types import Score
 
     @rlvr.environment("bench_digits")
     class BenchDigits(Environment):  # single turn, no stop strings: a turn ends only at length
@@ -225,7 +225,7 @@ def main(argv=None) -> int:
     if args.steps < 2:
         raise SystemExit("--steps must be >= 2 (the first step is a warm-up)")
 
-    from rlvr.models import cache_root
+    from rlvr.core.models import cache_root
 
     venv = Path(args.trl_venv) if args.trl_venv else cache_root() / "bench-trl-venv"
     trl_py = ensure_trl_venv(venv)

@@ -8,7 +8,7 @@
     ...        until the last user turn is answered without calls
 
 A task carries its BFCL test in ``info["entry"]`` (:func:`tasks_from_entries` builds them from
-:func:`rlvr.bfcl_multi_turn.load_entries`). ``reset`` sets up a :class:`rlvr.bfcl_multi_turn.World`
+:func:`rlvr.eval.bfcl_multi_turn.load_entries`). ``reset`` sets up a :class:`rlvr.eval.bfcl_multi_turn.World`
 from the test's ``initial_config`` and shows every function doc of its involved classes as a tool
 backed by ``World.call``: calls act on the world's API instances and their result text (errors
 included, as BFCL words them) goes back as tool messages. The next user turn is appended through
@@ -17,7 +17,7 @@ trajectory stays token-exact; :meth:`BfclMultiTurnEnv.bind_tokenizer` checks onc
 template is prefix-preserving for an assistant → user step too.
 
 Every user turn's calls are recorded in order, and the episode's score is
-:func:`rlvr.bfcl_multi_turn.check` of them: BFCL's per-turn state and response checks. As in
+:func:`rlvr.eval.bfcl_multi_turn.check` of them: BFCL's per-turn state and response checks. As in
 BFCL's inference loop, more than ``max_steps_per_turn`` (its ``MAXIMUM_STEP_LIMIT``, 20) steps
 with calls in one user turn force the conversation to quit; its later user turns then have no
 calls, so the check fails it (BFCL's "force_terminated"). An episode the episode loop cuts short
@@ -30,11 +30,11 @@ from dataclasses import replace
 from typing import Any
 
 import rlvr
-from rlvr.environment import StepResult
+from rlvr.core.environment import StepResult
 from rlvr.environments.chat_delta import ChatRenderer
 from rlvr.environments.tool_parsers import get_parser
 from rlvr.environments.tools import _PROBE_TOOL, TokenStepResult, Tool, ToolsEnv, normalize_schema
-from rlvr.types import Score, Task
+from rlvr.core.types import Score, Task
 
 #: BFCL's ``MAXIMUM_STEP_LIMIT`` (bfcl_eval.constants.default_prompts), not imported so that the
 #: environment's settings can be read without bfcl-eval installed
@@ -92,7 +92,7 @@ class BfclMultiTurnEnv(ToolsEnv):
         _USER_CHECKED[key] = True
 
     def reset(self, task: Task) -> str:
-        from rlvr.bfcl_multi_turn import World, function_docs
+        from rlvr.eval.bfcl_multi_turn import World, function_docs
 
         entry = task.info.get("entry")
         if not isinstance(entry, dict) or not entry.get("question"):
@@ -141,7 +141,7 @@ class BfclMultiTurnEnv(ToolsEnv):
         return TokenStepResult(observation=self.tokenizer.decode(ids), observation_ids=ids)
 
     def score(self, completion: str, task: Task) -> Score:
-        from rlvr.bfcl_multi_turn import check
+        from rlvr.eval.bfcl_multi_turn import check
 
         score = check(self.turn_calls, self.entry, self.tool_timeout_s)
         if self.forced_quit_turn is not None and not score.correct:

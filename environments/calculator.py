@@ -16,8 +16,8 @@ import operator
 import re
 
 import rlvr
-from rlvr.environment import Environment, StepResult
-from rlvr.types import ToolCall
+from rlvr.core.environment import Environment, StepResult
+from rlvr.core.types import ToolCall
 
 _CALL = re.compile(r"<calc>(.*?)</calc>\s*$", re.S)
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,

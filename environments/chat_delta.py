@@ -108,7 +108,7 @@ class ChatRenderer:
                           self.tools if self.template_has_tools else None)
 
     def render_ids(self, messages: list[dict], add_generation_prompt: bool) -> list[int]:
-        # the same encoding the episode loop gives a text prompt (rlvr.rollout.render_prompt)
+        # the same encoding the episode loop gives a text prompt (rlvr.rollout.episodes.render_prompt)
         return self.tokenizer.encode(self.render_text(messages, add_generation_prompt),
                                      add_special_tokens=False)
 

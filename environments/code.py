@@ -34,8 +34,8 @@ from __future__ import annotations
 from typing import Any
 
 import rlvr
-from rlvr.environment import Environment, StepResult
-from rlvr.types import Score, Task, ToolCall
+from rlvr.core.environment import Environment, StepResult
+from rlvr.core.types import Score, Task, ToolCall
 
 #: The user message of a HumanEval task: its function header, fenced, to be completed.
 HUMANEVAL_TEMPLATE = "Complete the following Python function.\n\n```python\n{header}```"
@@ -128,7 +128,7 @@ class CodeEnv(Environment):
         return prompt
 
     def score(self, completion: str, task: Task) -> Score:
-        from rlvr.scoring import combine
+        from rlvr.rewards.scoring import combine
 
         tests, info = code_reference(task)
         return combine(self.verifiers, completion, tests, **info)
@@ -200,7 +200,7 @@ class CodeMultiTurnEnv(CodeEnv):
 
     def score(self, completion: str, task: Task) -> Score:
         """The ``code`` verifier on the final code (or, with no turn ended by a tag, the reply)."""
-        from rlvr.scoring import combine
+        from rlvr.rewards.scoring import combine
 
         text = completion if self.code is None else f"```python\n{self.code}\n```"
         tests, info = code_reference(task)

@@ -26,8 +26,8 @@ from __future__ import annotations
 from typing import Any
 
 import rlvr
-from rlvr.environment import Environment
-from rlvr.types import Score, Task
+from rlvr.core.environment import Environment
+from rlvr.core.types import Score, Task
 from rlvr.verifiers.extract import final_math_answer, gsm8k_answer, last_boxed
 
 #: Qwen2.5-Math's chat prompt, the one most open math RL recipes (SimpleRL, Dr. GRPO) train with.
@@ -80,7 +80,7 @@ class MathEnv(Environment):
         return super().reset(task)
 
     def score(self, completion: str, task: Task) -> Score:
-        from rlvr.scoring import combine
+        from rlvr.rewards.scoring import combine
 
         s = combine(self.verifiers, completion, reference_answer(task), **task.info)
         if not self.format_weight:

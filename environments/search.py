@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import rlvr
-from rlvr.environment import Environment, StepResult
-from rlvr.types import Score, Task, ToolCall
+from rlvr.core.environment import Environment, StepResult
+from rlvr.core.types import Score, Task, ToolCall
 
 log = logging.getLogger(__name__)
 

@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import rlvr
-from rlvr.environment import Environment, StepResult
+from rlvr.core.environment import Environment, StepResult
 from rlvr.environments.chat_delta import ChatRenderer, render_tool_message
 from rlvr.environments.tool_parsers import ParsedCall, format_for_template, get_parser
-from rlvr.types import Task, ToolCall, Trajectory
+from rlvr.core.types import Task, ToolCall, Trajectory
 
 
 @dataclass
@@ -332,7 +332,7 @@ class ToolsEnv(Environment):
         return text, err
 
     def score(self, completion: str, task: Task):
-        from rlvr.scoring import combine
+        from rlvr.rewards.scoring import combine
 
         info = {"parser": self.parser, **task.info}
         return combine(self.verifiers, completion, task.answer, **info)

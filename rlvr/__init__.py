@@ -11,9 +11,9 @@
 Heavy optional dependencies (vllm, docker, faiss, sentence-transformers) are never imported here.
 """
 
-from rlvr.environment import Environment, StepResult
-from rlvr.registry import algorithm, environment, verifier
-from rlvr.types import Score, Task, ToolCall, Trajectory, Turn
+from rlvr.core.environment import Environment, StepResult
+from rlvr.core.registry import algorithm, environment, verifier
+from rlvr.core.types import Score, Task, ToolCall, Trajectory, Turn
 
 __version__ = "0.1.0"
 

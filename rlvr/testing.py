@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from rlvr.engine import Completion, SamplingParams
+from rlvr.engines.base import Completion, SamplingParams
 
 
 class ScriptedEngine:

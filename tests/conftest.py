@@ -7,14 +7,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from rlvr.models import build_tiny_tokenizer
+    from rlvr.core.models import build_tiny_tokenizer
 
     return build_tiny_tokenizer()
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_tokenizer):
-    from rlvr.models import build_tiny_model
+    from rlvr.core.models import build_tiny_model
 
     return build_tiny_model(tiny_tokenizer, hidden_size=64, num_layers=2, seed=0)
 
@@ -22,7 +22,7 @@ def tiny_model(tiny_tokenizer):
 def tiny_learner_config(root, algorithm="grpo", *, prompts=2, steps=2, **rl):
     """A tiny on-policy config (run directory ``root/algorithm``, CPU, 2 samples per prompt of at
     most 6 tokens per turn); ``rl`` sets fields of ``cfg.rl``. Tests import it from conftest."""
-    from rlvr.config import TrainConfig
+    from rlvr.core.config import TrainConfig
 
     cfg = TrainConfig(algorithm=algorithm)
     cfg.run.output_dir = str(root / algorithm)

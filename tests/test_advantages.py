@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlvr.advantages import (gae, grpo_advantages, moving_average_baseline, reinforce_advantages,
+from rlvr.algorithms.advantages import (gae, grpo_advantages, moving_average_baseline, reinforce_advantages,
                              rloo_advantages, whiten, zero_variance_groups)
 
 

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from rlvr.advantages import overlong_penalty, reinforce_pp_advantages
+from rlvr.algorithms.advantages import overlong_penalty, reinforce_pp_advantages
 from rlvr.algorithms.base import resolve_settings
-from rlvr.batch import collate
+from rlvr.learners.batch import collate
 from rlvr.learners import common, onpolicy
-from rlvr.losses import aggregate, cispo_policy_loss, gspo_policy_loss, mismatch_weights
-from rlvr.registry import ALGORITHMS
-from rlvr.types import Task, Trajectory
+from rlvr.algorithms.losses import aggregate, cispo_policy_loss, gspo_policy_loss, mismatch_weights
+from rlvr.core.registry import ALGORITHMS
+from rlvr.core.types import Task, Trajectory
 from conftest import tiny_learner_config
 from helpers.grads import record_gradients
 
@@ -159,7 +159,7 @@ def _fake_rollout(monkeypatch, make, offset=0.0):
 
 
 def _model(tokenizer, seed=0):
-    from rlvr.models import build_tiny_model
+    from rlvr.core.models import build_tiny_model
 
     return build_tiny_model(tokenizer, hidden_size=32, num_layers=1, seed=seed)
 
@@ -289,7 +289,7 @@ def test_one_batch_of_8_equals_4_4_and_3_3_2_micro_batches(tmp_path, tiny_tokeni
 def test_bf16_keeps_the_small_updates_fp32_makes(tmp_path, tiny_tokenizer):
     """Mixed precision: at lr 1e-6 a bf16 weight could not hold one AdamW step (8 mantissa bits);
     with fp32 master weights the bf16 run changes about as many weights as the fp32 run."""
-    from rlvr.data import load_tasks
+    from rlvr.data.tasks import load_tasks
 
     changed = {}
     for dtype in ("float32", "bfloat16"):
@@ -318,10 +318,10 @@ def test_a_weight_push_that_never_reaches_the_engine_stops_the_run(tmp_path, tin
     disagrees after the first update and the run stops, naming the gap."""
     import copy
 
-    import rlvr.hf_engine
-    from rlvr.data import load_tasks
+    import rlvr.engines.hf
+    from rlvr.data.tasks import load_tasks
 
-    real = rlvr.hf_engine.HFEngine
+    real = rlvr.engines.hf.HFEngine
 
     class SeparateCopy(real):
         def __init__(self, model, tokenizer, **kw):
@@ -331,7 +331,7 @@ def test_a_weight_push_that_never_reaches_the_engine_stops_the_run(tmp_path, tin
             if push_arrives:
                 self.model.load_state_dict(model_or_state_dict.state_dict())
 
-    monkeypatch.setattr(rlvr.hf_engine, "HFEngine", SeparateCopy)
+    monkeypatch.setattr(rlvr.engines.hf, "HFEngine", SeparateCopy)
     cfg = _cfg(tmp_path, "grpo", entropy_coef=0.1)
     cfg.optim.lr = 0.05  # one step moves the logprobs well past the tolerance
     run = lambda: ALGORITHMS.get("grpo")(cfg, model=_model(tiny_tokenizer), tokenizer=tiny_tokenizer,

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from rlvr.batch import collate, token_logprobs
-from rlvr.types import Trajectory
+from rlvr.learners.batch import collate, token_logprobs
+from rlvr.core.types import Trajectory
 
 
 def _traj(prompt, sampled, obs=(), more=(), reward=0.0):

@@ -12,7 +12,7 @@ if importlib.util.find_spec("bfcl_eval") is None:
     pytest.skip("bfcl_eval is not installed (pip install --no-deps bfcl-eval)",
                 allow_module_level=True)
 
-from rlvr.bfcl_multi_turn import (World, check, function_docs, load_entries,  # noqa: E402
+from rlvr.eval.bfcl_multi_turn import (World, check, function_docs, load_entries,  # noqa: E402
                                   missing_results, parse_call)
 
 

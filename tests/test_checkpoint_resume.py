@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from rlvr.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from rlvr.learners.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 
 ARGS = ["grpo_calculator", "--run.steps", "4", "--run.save_every", "2", "--run.progress", "false",
         "--rl.prompts_per_step", "2", "--rollout.samples_per_prompt", "4",
@@ -55,7 +55,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
 
 
 def test_checkpoint_roundtrip_and_atomic_listing(tmp_path, tiny_tokenizer):
-    from rlvr.models import build_tiny_model
+    from rlvr.core.models import build_tiny_model
 
     model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=1, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
@@ -87,8 +87,8 @@ def test_a_failed_save_leaves_nothing_behind_and_the_previous_checkpoint_intact(
         tmp_path, tiny_tokenizer, monkeypatch):
     import errno
 
-    from rlvr.checkpoint import CheckpointError
-    from rlvr.models import build_tiny_model
+    from rlvr.learners.checkpoint import CheckpointError
+    from rlvr.core.models import build_tiny_model
 
     model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=1, seed=0)
     save_checkpoint(tmp_path, 1, model=model, tokenizer=tiny_tokenizer, extra={"at": 1})
@@ -122,7 +122,7 @@ def test_a_failed_save_leaves_nothing_behind_and_the_previous_checkpoint_intact(
 
 
 def test_a_killed_writers_temporary_directory_is_removed_by_the_next_save(tmp_path, tiny_tokenizer):
-    from rlvr.models import build_tiny_model
+    from rlvr.core.models import build_tiny_model
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # its pid now names no running process
@@ -135,7 +135,7 @@ def test_a_killed_writers_temporary_directory_is_removed_by_the_next_save(tmp_pa
 
 
 def test_keep_checkpoints_deletes_all_but_the_newest(tmp_path, tiny_tokenizer):
-    from rlvr.models import build_tiny_model
+    from rlvr.core.models import build_tiny_model
 
     model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=1, seed=0)
     (tmp_path / "final").mkdir()  # an offline learner's output beside the checkpoints
@@ -154,14 +154,14 @@ def test_keep_checkpoints_deletes_all_but_the_newest(tmp_path, tiny_tokenizer):
 
 
 def test_run_keep_checkpoints_is_a_setting():
-    from rlvr.config import load_config
+    from rlvr.core.config import load_config
 
     assert load_config(None, ["--run.keep_checkpoints", "3"]).run.keep_checkpoints == 3
 
 
 def test_save_model_dir_replaces_final_only_with_a_complete_copy(tmp_path, tiny_tokenizer, monkeypatch):
-    from rlvr.checkpoint import CheckpointError, save_model_dir
-    from rlvr.models import build_tiny_model
+    from rlvr.learners.checkpoint import CheckpointError, save_model_dir
+    from rlvr.core.models import build_tiny_model
 
     model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=1, seed=0)
     save_model_dir(model, tiny_tokenizer, tmp_path / "final")
@@ -180,8 +180,8 @@ def test_save_model_dir_replaces_final_only_with_a_complete_copy(tmp_path, tiny_
 def test_a_gguf_model_checkpoints_and_resumes(tmp_path, tiny_tokenizer, monkeypatch):
     """Issue 16: every run on a .gguf model died at its final save ("not serializable")."""
     pytest.importorskip("gguf")
-    from rlvr.config import ModelConfig
-    from rlvr.models import build_tiny_model, load_policy, save_tiny_gguf
+    from rlvr.core.config import ModelConfig
+    from rlvr.core.models import build_tiny_model, load_policy, save_tiny_gguf
 
     monkeypatch.setenv("RLVR_CACHE", str(tmp_path / "cache"))
     gguf = save_tiny_gguf(tmp_path / "tiny.gguf", tiny_tokenizer,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from rlvr.config import EnvConfig, RolloutConfig
+from rlvr.core.config import EnvConfig, RolloutConfig
 from rlvr.environments.code import CodeEnv, CodeMultiTurnEnv
-from rlvr.rollout import collect, make_env_factory
+from rlvr.rollout.episodes import collect, make_env_factory
 from rlvr.testing import ScriptedEngine
-from rlvr.types import Task
+from rlvr.core.types import Task
 
 DOUBLE = Task("Read n and print 2*n.", answer=[{"input": "2", "output": "4"},
                                                 {"input": "5", "output": "10"}], id="double:0")
@@ -26,7 +26,7 @@ def _decode(tok, ids):
 
 
 def test_registered():
-    from rlvr.registry import ENVIRONMENTS
+    from rlvr.core.registry import ENVIRONMENTS
 
     assert ENVIRONMENTS.get("code") is CodeEnv
     assert ENVIRONMENTS.get("code_multiturn") is CodeMultiTurnEnv
@@ -120,7 +120,7 @@ def _humaneval_rows(ids=("HumanEval/53", "HumanEval/23", "HumanEval/45")) -> lis
 def _as_loaded(row: dict, n: int) -> Task:
     """The Task the file loader makes of a row: prompt from ``prompt``, the rest in ``info``
     (``answer`` when the row has one)."""
-    from rlvr.data import row_to_task
+    from rlvr.data.tasks import row_to_task
 
     return row_to_task(row, f"humaneval:{n}", where=f"row {n}")
 

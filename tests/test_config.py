@@ -2,7 +2,7 @@
 
 import pytest
 
-from rlvr.config import TrainConfig, load_config
+from rlvr.core.config import TrainConfig, load_config
 
 
 def test_defaults_run_a_tiny_job():
@@ -118,7 +118,7 @@ def test_train_help_names_the_groups_and_print_config(capsys):
 
 def test_field_docs_reads_the_docstring_under_each_field():
     from rlvr.cli.train_cmd import field_docs
-    from rlvr.config import RLConfig, RolloutConfig
+    from rlvr.core.config import RLConfig, RolloutConfig
 
     docs = field_docs(RolloutConfig)
     assert docs["max_new_tokens"] == "Tokens the policy may sample in one turn."

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from rlvr.data import DataError, load_tasks, read_located_rows
+from rlvr.data.tasks import DataError, load_tasks, read_located_rows
 from rlvr.environments.qa_data import load_qa
-from rlvr.preference_data import load_rows
+from rlvr.data.preferences import load_rows
 
 LATIN1 = b'{"prompt": "caf\xe9?", "answer": "x"}\n'  # "café" written as Latin-1: byte 0xe9
 GOOD = b'{"prompt": "q", "answer": "a"}\n'
@@ -107,7 +107,7 @@ def test_qa_benchmark_errors_give_the_line(tmp_path):
 
 
 def test_preference_errors_give_the_line(tmp_path, tiny_tokenizer):
-    from rlvr.preference_data import load_preference_data
+    from rlvr.data.preferences import load_preference_data
 
     f = _with_blank_lines(tmp_path / "prefs.jsonl", {"prompt": "a", "chosen": "b"})
     with pytest.raises(ValueError) as e:
@@ -163,10 +163,10 @@ def test_answers_optional_keeps_the_rows_with_one_warning(tmp_path, caplog):
     f = tmp_path / "t.jsonl"
     f.write_text("".join(json.dumps({"prompt": f"q{i}", "answer": None if i else "a"}) + "\n"
                          for i in range(4)))
-    with caplog.at_level(logging.WARNING, logger="rlvr.data"):
+    with caplog.at_level(logging.WARNING, logger="rlvr.data.tasks"):
         tasks = load_tasks(str(f), answers_optional="the reward is a reward model")
     assert len(tasks) == 4
-    [record] = [r for r in caplog.records if r.name == "rlvr.data"]
+    [record] = [r for r in caplog.records if r.name == "rlvr.data.tasks"]
     assert "3 of 4 rows" in record.getMessage() and f"{f}:2" in record.getMessage()
     assert "kept because the reward is a reward model" in record.getMessage()
 
@@ -198,7 +198,7 @@ def _with_long_prompts(path):
 
 
 def test_prompts_that_cannot_fit_the_token_budget_are_refused_at_load(tmp_path):
-    from rlvr.data import CHARS_PER_TOKEN_BOUND, prompt_char_budget
+    from rlvr.data.tasks import CHARS_PER_TOKEN_BOUND, prompt_char_budget
 
     f = _with_long_prompts(tmp_path / "long.jsonl")
     budget = prompt_char_budget(512)  # rollout.max_total_tokens 512 × 16 = 8,192 characters
@@ -214,10 +214,10 @@ def test_prompts_that_cannot_fit_the_token_budget_are_refused_at_load(tmp_path):
 
 def test_too_long_skip_drops_them_with_one_warning(tmp_path, caplog):
     f = _with_long_prompts(tmp_path / "long.jsonl")
-    with caplog.at_level(logging.WARNING, logger="rlvr.data"):
+    with caplog.at_level(logging.WARNING, logger="rlvr.data.tasks"):
         tasks = load_tasks(str(f), max_prompt_chars=8192, too_long="skip")
     assert [t.id for t in tasks] == ["long:0", "long:2"]  # ids keep the rows' places
-    [record] = [r for r in caplog.records if r.name == "rlvr.data"]
+    [record] = [r for r in caplog.records if r.name == "rlvr.data.tasks"]
     assert f"skipped 2 of 4 rows whose prompt cannot fit the token budget (first: {f}:2:" in \
         record.getMessage()
     with pytest.raises(ValueError, match="too_long must be one of refuse, skip, got 'drop'"):
@@ -225,7 +225,7 @@ def test_too_long_skip_drops_them_with_one_warning(tmp_path, caplog):
 
 
 def test_data_too_long_is_a_typed_setting():
-    from rlvr.config import load_config
+    from rlvr.core.config import load_config
 
     assert load_config().data.too_long == "refuse"
     assert load_config(None, ["--data.too_long", "skip"]).data.too_long == "skip"

@@ -1,12 +1,12 @@
 """Raw HumanEval, MBPP and MATH rows load as published: the prompt and answer fallbacks of
-rlvr.data.row_to_task, the fields the environments read left in info, and `rlvr train` /
+rlvr.data.tasks.row_to_task, the fields the environments read left in info, and `rlvr train` /
 `rlvr eval` on a file of raw HumanEval rows."""
 
 import json
 
 import pytest
 
-from rlvr.data import DataError, load_tasks, row_to_task
+from rlvr.data.tasks import DataError, load_tasks, row_to_task
 
 HUMANEVAL_IDS = ("HumanEval/53", "HumanEval/23", "HumanEval/45")
 
@@ -110,7 +110,7 @@ run: {{steps: 1, device: cpu, progress: false}}
 
 def test_rlvr_eval_scores_a_code_file_with_the_environment_verifiers(tmp_path, capsys):
     from rlvr.cli import main
-    from rlvr.models import save_tiny
+    from rlvr.core.models import save_tiny
 
     model_dir = save_tiny(tmp_path / "model", hidden_size=32, num_layers=1)
     f, _ = humaneval_file(tmp_path / "he.jsonl", HUMANEVAL_IDS[:2])

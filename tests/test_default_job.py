@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from rlvr.pipeline import format_report, load_job_config, run_job
+from rlvr.jobs.search_world.pipeline import format_report, load_job_config, run_job
 
 # A smaller world and shorter stages than the bundled recipe; the same mechanism.
 REDUCED = [

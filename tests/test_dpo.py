@@ -5,10 +5,10 @@ import random
 import pytest
 import torch
 
-from rlvr.config import load_config
+from rlvr.core.config import load_config
 from rlvr.learners.dpo import check_pref_config, evaluate, precompute, train_dpo
-from rlvr.models import build_tiny_model
-from rlvr.preference_data import tokenize_preference_row
+from rlvr.core.models import build_tiny_model
+from rlvr.data.preferences import tokenize_preference_row
 
 
 def pairs_for(tok, n, seed):
@@ -109,7 +109,7 @@ def test_rlvr_train_dpo_end_to_end(tmp_path, monkeypatch):
 
 def test_named_reference_model_and_live_reference(tmp_path):
     from rlvr.learners.dpo import run
-    from rlvr.models import save_tiny
+    from rlvr.core.models import save_tiny
 
     sft_dir = save_tiny(tmp_path / "sft", hidden_size=32, num_layers=1, seed=7)
     cfg = load_config("dpo_tiny", ["--model.name_or_path", str(sft_dir), "--pref.reference_model", str(sft_dir),

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlvr.engine import SamplingParams
-from rlvr.hf_engine import HFEngine
+from rlvr.engines.base import SamplingParams
+from rlvr.engines.hf import HFEngine
 
 
 def forward_logprobs(model, ids, temperature):

@@ -12,13 +12,13 @@ import logging
 import pytest
 import torch
 
-from rlvr.batch import Batch, collate, token_logprobs
-from rlvr.config import RolloutConfig
-from rlvr.engine import SamplingParams
-from rlvr.environment import Environment, StepResult
-from rlvr.hf_engine import HFEngine, _inverse_cdf, _sample, _StopMatcher
-from rlvr.rollout import collect
-from rlvr.types import Task, Trajectory
+from rlvr.learners.batch import Batch, collate, token_logprobs
+from rlvr.core.config import RolloutConfig
+from rlvr.engines.base import SamplingParams
+from rlvr.core.environment import Environment, StepResult
+from rlvr.engines.hf import HFEngine, _inverse_cdf, _sample, _StopMatcher
+from rlvr.rollout.episodes import collect
+from rlvr.core.types import Task, Trajectory
 
 
 def fresh_logits(model, ids):
@@ -63,8 +63,8 @@ def test_tokens_follow_the_seeded_rule(tiny_model, tiny_tokenizer, max_batch_siz
 
 
 def test_max_batch_size_setting():
-    from rlvr.config import TrainConfig
-    from rlvr.engine import make_engine
+    from rlvr.core.config import TrainConfig
+    from rlvr.engines.base import make_engine
 
     cfg = TrainConfig()
     cfg.rollout.max_batch_size = -1
@@ -163,7 +163,7 @@ class EchoEnv(Environment):
         return StepResult(observation=" ok" * (1 + (len(action) + self.turn) % 4), done=False)
 
     def score(self, completion, task):
-        from rlvr.types import Score
+        from rlvr.core.types import Score
 
         return Score(reward=0.0)
 

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from rlvr.config import TrainConfig
-from rlvr.environment import Environment
+from rlvr.core.config import TrainConfig
+from rlvr.core.environment import Environment
 from rlvr.environments.search import SearchEnv, search_metrics
-from rlvr.metrics import environment_metrics
-from rlvr.types import Trajectory
+from rlvr.learners.metrics import environment_metrics
+from rlvr.core.types import Trajectory
 
 
 def _traj(**info):
@@ -65,20 +65,20 @@ def policy(context: str) -> str:
 def test_grpo_on_the_search_env_logs_env_metrics(tmp_path, tiny_tokenizer, monkeypatch):
     pytest.importorskip("rlvr.verifiers.qa")
     pytest.importorskip("bm25s")
-    import rlvr.hf_engine
-    from rlvr.registry import ALGORITHMS
-    from rlvr.models import build_tiny_model
+    import rlvr.engines.hf
+    from rlvr.core.registry import ALGORITHMS
+    from rlvr.core.models import build_tiny_model
     from rlvr.retrieval.bm25 import BM25Index
     from rlvr.retrieval.corpus import Passage
     from rlvr.testing import ScriptedEngine
-    from rlvr.types import Task
+    from rlvr.core.types import Task
 
     index_dir = BM25Index.build(
         [Passage.from_contents("d1", '"Paris"\nParis is the capital of France.'),
          Passage.from_contents("d2", '"Tokyo"\nTokyo is the capital of Japan.')],
         workdir=tmp_path / "work").save(tmp_path / "index")
     # the learner's engine samples from the scripted policy; training still runs the tiny model
-    monkeypatch.setattr(rlvr.hf_engine, "HFEngine",
+    monkeypatch.setattr(rlvr.engines.hf, "HFEngine",
                         lambda model, tokenizer, **kw: ScriptedEngine(tokenizer, policy))
     cfg = TrainConfig(algorithm="grpo")
     cfg.env.name, cfg.env.settings = "search", {"index_dir": str(index_dir), "topk": 1}

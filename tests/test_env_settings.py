@@ -7,11 +7,11 @@ from typing import Any, ClassVar, Literal
 import pytest
 
 import rlvr
-from rlvr.config import EnvConfig, RolloutConfig
-from rlvr.environment import Environment, StepResult, conforms
-from rlvr.rollout import collect, make_env_factory
+from rlvr.core.config import EnvConfig, RolloutConfig
+from rlvr.core.environment import Environment, StepResult, conforms
+from rlvr.rollout.episodes import collect, make_env_factory
 from rlvr.testing import ScriptedEngine
-from rlvr.types import Task
+from rlvr.core.types import Task
 
 
 @rlvr.environment("test_settings_probe")
@@ -102,7 +102,7 @@ def test_preflight_runs_once_per_factory_with_the_checked_settings():
 
 
 def test_every_builtin_environment_declares_typed_settings():
-    from rlvr.registry import ENVIRONMENTS
+    from rlvr.core.registry import ENVIRONMENTS
 
     for name in ("calculator", "math", "code", "code_multiturn", "search", "search_direct",
                  "search_rag"):

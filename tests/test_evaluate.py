@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from rlvr.config import EnvConfig, RolloutConfig
-from rlvr.evaluate import evaluate, extract_prediction, format_table, read_predictions
+from rlvr.core.config import EnvConfig, RolloutConfig
+from rlvr.eval.benchmarks import evaluate, extract_prediction, format_table, read_predictions
 from rlvr.retrieval.base import Hit
 from rlvr.retrieval.corpus import Passage
-from rlvr.rollout import make_env_factory
+from rlvr.rollout.episodes import make_env_factory
 from rlvr.testing import ScriptedEngine
-from rlvr.types import Task
+from rlvr.core.types import Task
 
 BEATLES = Passage.from_contents("p1", '"The Beatles"\nThe Beatles were a rock band from Liverpool.')
 
@@ -200,7 +200,7 @@ def test_untagged_answers_are_counted_and_optionally_scored(tiny_tokenizer, tmp_
 
 
 def test_untagged_answer_text():
-    from rlvr.evaluate import untagged_answer
+    from rlvr.eval.benchmarks import untagged_answer
 
     assert untagged_answer("<think>a</think>\n Paris \n") == "Paris"
     assert untagged_answer("<search>q</search><information></information> so, Paris") == "so, Paris"
@@ -217,7 +217,7 @@ def test_extract_prediction_ignores_retrieved_answers():
 
 def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
     from rlvr.cli import main
-    from rlvr.models import save_tiny
+    from rlvr.core.models import save_tiny
     from rlvr.retrieval.bm25 import BM25Index
 
     model_dir = save_tiny(tmp_path / "model", hidden_size=32, num_layers=1)
@@ -268,7 +268,7 @@ def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys):
                                         ("search", "retriever")])
 def test_cli_retrieving_envs_with_an_index_or_a_server(tmp_path, env, where):
     from rlvr.cli import main
-    from rlvr.models import save_tiny
+    from rlvr.core.models import save_tiny
     from rlvr.retrieval.bm25 import BM25Index
     from rlvr.retrieval.server import running_server
 

@@ -4,9 +4,9 @@ import random
 
 import pytest
 
-from rlvr.data import row_to_task
-from rlvr.expert import ExpertConfig, demonstrate, expert_trajectories
-from rlvr.world import WorldConfig, build_world
+from rlvr.data.tasks import row_to_task
+from rlvr.jobs.search_world.expert import ExpertConfig, demonstrate, expert_trajectories
+from rlvr.jobs.search_world.world import WorldConfig, build_world
 
 SMALL = WorldConfig(seed=5, num_people=40, num_cities=8, num_countries=3, num_orgs=5,
                     dev_people=5, test_people=5)
@@ -15,7 +15,7 @@ SMALL = WorldConfig(seed=5, num_people=40, num_cities=8, num_countries=3, num_or
 @pytest.fixture(scope="module")
 def setup():
     from rlvr.environments.search import SearchEnv
-    from rlvr.models import build_tiny_tokenizer
+    from rlvr.core.models import build_tiny_tokenizer
     from rlvr.retrieval.bm25 import BM25Index
     from rlvr.retrieval.corpus import Passage
 

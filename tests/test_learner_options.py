@@ -11,12 +11,12 @@ import math
 import pytest
 import torch
 
-from rlvr.batch import collate
+from rlvr.learners.batch import collate
 from rlvr.learners import common
 from rlvr.learners.critic import ValueModel
-from rlvr.registry import ALGORITHMS
+from rlvr.core.registry import ALGORITHMS
 from conftest import tiny_learner_config
-from rlvr.types import Task, Trajectory
+from rlvr.core.types import Task, Trajectory
 
 TASKS = [Task("1 + 1", ["2"], id="unused")]  # the prompt stream's; the fake rollout ignores it
 
@@ -26,7 +26,7 @@ def _cfg(tmp_path, algorithm, *, prompts=2, steps=1, **rl):
 
 
 def _model(tokenizer):
-    from rlvr.models import build_tiny_model
+    from rlvr.core.models import build_tiny_model
 
     return build_tiny_model(tokenizer, hidden_size=32, num_layers=1, seed=0)
 
@@ -167,18 +167,18 @@ def test_ppo_no_eos_penalty_and_reward_whitening(tmp_path, tiny_tokenizer, monke
 def test_bf16_training_on_cpu(tmp_path, tiny_tokenizer, monkeypatch, algorithm, rl):
     """``model.dtype = bfloat16`` is mixed precision: the weights AdamW updates stay float32
     (master weights), a step changes them and every loss stays finite."""
-    import rlvr.models
-    from rlvr.data import load_tasks
+    import rlvr.core.models
+    from rlvr.data.tasks import load_tasks
 
     loaded = {}
-    real_load = rlvr.models.load_policy
+    real_load = rlvr.core.models.load_policy
 
     def spy(model_cfg, device=None):
         model, tok = real_load(model_cfg, device)
         loaded["model"], loaded["before"] = model, [p.detach().clone() for p in model.parameters()]
         return model, tok
 
-    monkeypatch.setattr(rlvr.models, "load_policy", spy)
+    monkeypatch.setattr(rlvr.core.models, "load_policy", spy)
     cfg = _cfg(tmp_path, algorithm, entropy_coef=0.01, **rl)
     cfg.model.name_or_path, cfg.model.dtype = "tiny", "bfloat16"
     cfg.model.hidden_size, cfg.model.num_layers = 32, 1

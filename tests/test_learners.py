@@ -10,7 +10,7 @@ from rlvr.algorithms.rloo import RLOO
 from rlvr.learners import common
 from rlvr.learners.runtime import lr_schedule
 from conftest import tiny_learner_config
-from rlvr.types import Trajectory
+from rlvr.core.types import Trajectory
 
 
 def _cfg(tmp_path, algorithm="grpo", **rl):
@@ -19,7 +19,7 @@ def _cfg(tmp_path, algorithm="grpo", **rl):
 
 @pytest.fixture()
 def fresh_model(tiny_tokenizer):
-    from rlvr.models import build_tiny_model
+    from rlvr.core.models import build_tiny_model
 
     return build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=1, seed=0)
 
@@ -32,8 +32,8 @@ def fresh_model(tiny_tokenizer):
     ("reinforce", dict(baseline="moving-average")),
 ])
 def test_learner_runs_two_steps_and_changes_weights(tmp_path, tiny_tokenizer, fresh_model, algorithm, rl):
-    from rlvr.data import load_tasks
-    from rlvr.registry import ALGORITHMS
+    from rlvr.data.tasks import load_tasks
+    from rlvr.core.registry import ALGORITHMS
 
     # an entropy bonus guarantees a gradient even when every reward of the random model is 0
     cfg = _cfg(tmp_path, algorithm, entropy_coef=0.01, **rl)

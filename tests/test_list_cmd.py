@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from rlvr.registry import ALGORITHMS, ENVIRONMENTS, VERIFIERS, describe
+from rlvr.core.registry import ALGORITHMS, ENVIRONMENTS, VERIFIERS, describe
 
 
 def test_rlvr_list_imports_no_heavy_dependency():
@@ -24,7 +24,7 @@ def test_descriptions_read_from_source_match_the_loaded_objects():
     # in a fresh process nothing is imported, so catalog() must read every built-in from source;
     # then the registries are loaded and the objects' own docstrings must say the same
     code = ("import json, sys\n"
-            "from rlvr.registry import ALGORITHMS, ENVIRONMENTS, VERIFIERS, describe\n"
+            "from rlvr.core.registry import ALGORITHMS, ENVIRONMENTS, VERIFIERS, describe\n"
             "regs = (ENVIRONMENTS, VERIFIERS, ALGORITHMS)\n"
             "static = [r.catalog() for r in regs]\n"
             "assert not any(m in sys.modules for r in regs for m in r.builtin_modules)\n"
@@ -44,7 +44,7 @@ def test_descriptions_read_from_source_match_the_loaded_objects():
 def test_listing_content_and_bundled_configs(capsys):
     from rlvr.cli import main
     from rlvr.cli.list_cmd import bundled_configs
-    from rlvr.config import BUNDLED_CONFIGS
+    from rlvr.core.config import BUNDLED_CONFIGS
 
     assert bundled_configs() == BUNDLED_CONFIGS
     assert main(["list", "--json"]) == 0
@@ -58,7 +58,7 @@ def test_listing_content_and_bundled_configs(capsys):
 
 def test_a_registration_the_source_cannot_describe_imports_its_module(tmp_path, monkeypatch):
     (tmp_path / "rlvr_test_reg.py").write_text(
-        'from rlvr.registry import Registry\n'
+        'from rlvr.core.registry import Registry\n'
         'REG = Registry("thing", "rlvr.no_such_group", ("rlvr_test_static", "rlvr_test_dynamic"))\n'
         'thing = REG.register\n')
     (tmp_path / "rlvr_test_static.py").write_text(

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlvr.losses import (adaptive_kl_coef, aggregate, clipped_policy_loss, entropy_from_logits,
+from rlvr.algorithms.losses import (adaptive_kl_coef, aggregate, clipped_policy_loss, entropy_from_logits,
                          kl_estimator, kl_k1, kl_k2, kl_k3, kl_penalized_rewards,
                          reinforce_policy_loss, value_loss)
 

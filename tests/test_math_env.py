@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from rlvr.config import EnvConfig, RolloutConfig
-from rlvr.rollout import collect, make_env_factory
+from rlvr.core.config import EnvConfig, RolloutConfig
+from rlvr.rollout.episodes import collect, make_env_factory
 from rlvr.testing import ScriptedEngine
-from rlvr.types import Task
+from rlvr.core.types import Task
 
 GSM8K = {"question": "Natalia sold clips to 48 of her friends in April, and then she sold half as "
                      "many clips in May. How many clips did Natalia sell altogether in April and May?",
@@ -25,7 +25,7 @@ MATH = {"problem": "What is $\\frac{1}{4} + \\frac{1}{4}$?",
 
 
 def _gsm8k_task() -> Task:
-    from rlvr.data import row_to_task
+    from rlvr.data.tasks import row_to_task
 
     return row_to_task(GSM8K, "gsm8k:0", where="gsm8k row 0")
 
@@ -37,7 +37,7 @@ def _math_task() -> Task:
 
 def test_registered_as_math():
     from rlvr.environments.math import MathEnv
-    from rlvr.registry import ENVIRONMENTS
+    from rlvr.core.registry import ENVIRONMENTS
 
     assert ENVIRONMENTS.get("math") is MathEnv
 

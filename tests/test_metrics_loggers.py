@@ -9,8 +9,8 @@ import types
 import pytest
 import torch
 
-from rlvr.config import TrainConfig, load_config
-from rlvr.metrics import MetricsLogger, plain_config, read_metrics
+from rlvr.core.config import TrainConfig, load_config
+from rlvr.learners.metrics import MetricsLogger, plain_config, read_metrics
 
 
 class FakeWandb(types.ModuleType):
@@ -70,9 +70,9 @@ def test_wandb_missing_is_a_clear_error_only_when_asked_for(tmp_path, monkeypatc
 
 
 def test_wandb_project_from_the_command_line_reaches_a_training_run(tmp_path, tiny_tokenizer, fake_wandb):
-    from rlvr.data import load_tasks
-    from rlvr.registry import ALGORITHMS
-    from rlvr.models import build_tiny_model
+    from rlvr.data.tasks import load_tasks
+    from rlvr.core.registry import ALGORITHMS
+    from rlvr.core.models import build_tiny_model
 
     cfg = load_config(None, ["--algorithm", "reinforce", "--run.wandb_project", "rlvr-tests",
                              "--run.output_dir", str(tmp_path / "rf"), "--run.steps", "2",

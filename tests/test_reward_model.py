@@ -5,18 +5,18 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlvr.config import load_config
+from rlvr.core.config import load_config
 from rlvr.learners.rm import evaluate_pairs, train_reward_model
-from rlvr.preference_data import tokenize_preference_row
-from rlvr.reward_model import META_FILE, load_reward_model, save_reward_model, score_ids, score_texts
-from rlvr.rewards import add_model_rewards
-from rlvr.types import Trajectory
+from rlvr.data.preferences import tokenize_preference_row
+from rlvr.rewards.reward_model import META_FILE, load_reward_model, save_reward_model, score_ids, score_texts
+from rlvr.rewards.spec import add_model_rewards
+from rlvr.core.types import Trajectory
 
 
 def tiny_rm(tok, seed=0):
     from transformers import LlamaForSequenceClassification
 
-    from rlvr.models import build_tiny_model
+    from rlvr.core.models import build_tiny_model
 
     config = build_tiny_model(tok, hidden_size=32, num_layers=1).config
     config.num_labels = 1

@@ -7,16 +7,16 @@ import os
 import pytest
 import torch
 
-from rlvr.config import load_config
-from rlvr.reward_model import save_reward_model, score_texts
-from rlvr.rewards import ModelReward, add_model_rewards, env_config, parse_reward, reward_spec
-from rlvr.types import Task
+from rlvr.core.config import load_config
+from rlvr.rewards.reward_model import save_reward_model, score_texts
+from rlvr.rewards.spec import ModelReward, add_model_rewards, env_config, parse_reward, reward_spec
+from rlvr.core.types import Task
 
 
 def tiny_rm(tok, seed=0):
     from transformers import LlamaForSequenceClassification
 
-    from rlvr.models import build_tiny_model
+    from rlvr.core.models import build_tiny_model
 
     config = build_tiny_model(tok, hidden_size=32, num_layers=1).config
     config.num_labels = 1
@@ -70,7 +70,7 @@ def test_bad_reward_settings_fail_at_load_naming_the_key(overrides, message):
 
 
 def test_names_and_paths_are_checked_before_training(tiny_tokenizer, tmp_path):
-    from rlvr.models import build_tiny_model
+    from rlvr.core.models import build_tiny_model
 
     unknown = load_config(None, ["--reward.qa_emm", "1.0"])
     with pytest.raises(ValueError, match=r"^reward\.qa_emm: unknown verifier 'qa_emm'; known: .*qa_em"):
@@ -110,7 +110,7 @@ def test_verifier_weights_handed_to_the_environment(tiny_tokenizer, tmp_path):
 def test_mixed_reward_is_the_weighted_sum_of_its_parts(tiny_tokenizer, tmp_path):
     """reward = 0.5 × qa_em + 2.0 × (RM score − reference mean), per trajectory, through the
     calculator environment's scoring and the reward model's pass after rollout."""
-    from rlvr.rollout import collect, make_env_factory
+    from rlvr.rollout.episodes import collect, make_env_factory
     from rlvr.testing import ScriptedEngine
 
     tok = tiny_tokenizer
@@ -186,7 +186,7 @@ def test_ppo_logs_both_reward_parts_and_their_weighted_sum(chain):
     # the policy starts at its KL reference: before the first update the KL is 0
     assert rows[0]["train/kl"] == pytest.approx(0.0, abs=1e-4)
     # a PPO checkpoint's model directory is itself a starting point (model.name_or_path)
-    from rlvr.models import load_policy
+    from rlvr.core.models import load_policy
 
     ckpt = sorted((chain / "ppo" / "checkpoints").glob("step_*"))[-1] / "model"
     policy, _ = load_policy(load_config(None, ["--model.name_or_path", str(ckpt)]).model, "cpu")
@@ -202,7 +202,7 @@ def test_the_sft_model_is_the_policy_and_the_kl_reference(chain, tmp_path, monke
     from transformers import AutoModelForCausalLM
 
     from rlvr.learners import common
-    from rlvr.models import load_policy
+    from rlvr.core.models import load_policy
 
     monkeypatch.setenv("RLVR_CACHE", str(chain / "cache"))
     sft_dir = chain / "sft" / "final"

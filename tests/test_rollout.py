@@ -2,11 +2,11 @@
 
 import pytest
 
-from rlvr.config import RolloutConfig
-from rlvr.environment import Environment, StepResult
-from rlvr.rollout import collect, encode_observation, render_prompt
+from rlvr.core.config import RolloutConfig
+from rlvr.core.environment import Environment, StepResult
+from rlvr.rollout.episodes import collect, encode_observation, render_prompt
 from rlvr.testing import ScriptedEngine
-from rlvr.types import Task
+from rlvr.core.types import Task
 
 from rlvr.environments.calculator import CalculatorEnv
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import rlvr
-from rlvr import rollout_log
-from rlvr.environment import Environment, StepResult
-from rlvr.types import ToolCall, Trajectory
+from rlvr.rollout import log as rollout_log
+from rlvr.core.environment import Environment, StepResult
+from rlvr.core.types import ToolCall, Trajectory
 from conftest import tiny_learner_config
 
 
@@ -48,8 +48,8 @@ _RUNS: dict = {}
 def run_probe(out_dir, *, steps=2, rl=None, env_verifiers=None, rollout=None, **run):
     """A real GRPO run (tiny model, HF engine) on the probe environment in ``out_dir/grpo``, with
     ``rl`` and ``run`` settings on top; returns (its directory, the tokenizer)."""
-    from rlvr.models import build_tiny_model, build_tiny_tokenizer
-    from rlvr.registry import ALGORITHMS
+    from rlvr.core.models import build_tiny_model, build_tiny_tokenizer
+    from rlvr.core.registry import ALGORITHMS
 
     tok = build_tiny_tokenizer()
     model = build_tiny_model(tok, hidden_size=32, num_layers=1, seed=0)

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rlvr.engine import Completion, SamplingParams
-from rlvr.rollout_server import (RemoteEngine, RemoteEngineError, RolloutService, build_engine,
+from rlvr.engines.base import Completion, SamplingParams
+from rlvr.engines.server import (RemoteEngine, RemoteEngineError, RolloutService, build_engine,
                                  running_server, shards, weight_files, weights_digest)
 
 # prompts of different lengths (left padding inside the HF engine) drawn from the tiny vocabulary
@@ -24,7 +24,7 @@ GREEDY = SamplingParams(max_new_tokens=8, temperature=0.0)
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from rlvr.models import save_tiny
+    from rlvr.core.models import save_tiny
 
     return str(save_tiny(tmp_path_factory.mktemp("tiny") / "m", seed=0))
 
@@ -96,7 +96,7 @@ def test_shards_are_contiguous_and_near_equal():
 
 
 def test_load_weights_from_a_saved_directory_changes_the_outputs(model_dir, tmp_path):
-    from rlvr.models import build_tiny_model, build_tiny_tokenizer
+    from rlvr.core.models import build_tiny_model, build_tiny_tokenizer
 
     service = RolloutService(build_engine("hf", model_dir, device="cpu"), "hf", model_dir)
     with running_server(service) as url:
@@ -111,7 +111,7 @@ def test_load_weights_from_a_saved_directory_changes_the_outputs(model_dir, tmp_
         after = remote.generate(PROMPTS, GREEDY)
         assert after != before
         # the server now answers exactly as an in-process engine on the pushed weights
-        from rlvr.hf_engine import HFEngine
+        from rlvr.engines.hf import HFEngine
 
         tokenizer = service.engine.tokenizer
         assert after == HFEngine(other, tokenizer, device="cpu").generate(PROMPTS, GREEDY)
@@ -213,8 +213,8 @@ def test_rollout_server_command_serves_the_in_process_tokens(model_dir, local):
 
 
 def test_make_engine_with_servers_is_a_remote_engine(tmp_path):
-    from rlvr.config import RolloutConfig
-    from rlvr.engine import make_engine
+    from rlvr.core.config import RolloutConfig
+    from rlvr.engines.base import make_engine
 
     with running_server(RolloutService(_Scripted(), "hf", "scripted")) as url:
         cfg = RolloutConfig(servers=[url], server_timeout_s=5.0)
@@ -229,8 +229,8 @@ def test_grpo_trains_through_two_rollout_servers_with_verified_weights(model_dir
     """``rollout.servers``: every step's rollouts come from two servers, rank 0 pushes the new
     weights after each update, and the weight-sync probe and the logprob gap show the servers
     generate with the policy being trained."""
-    from rlvr.config import load_config
-    from rlvr.registry import ALGORITHMS
+    from rlvr.core.config import load_config
+    from rlvr.core.registry import ALGORITHMS
 
     services = [RolloutService(build_engine("hf", model_dir, device="cpu"), "hf", model_dir)
                 for _ in range(2)]

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from rlvr.run_errors import check_error_streak, error_metrics, error_of
-from rlvr.types import Trajectory
+from rlvr.rollout.errors import check_error_streak, error_metrics, error_of
+from rlvr.core.types import Trajectory
 
 
 def traj(task="t:0", error=None, **info):
@@ -63,7 +63,7 @@ def _hangs(completion, answer, **info):
 
 
 def test_a_hanging_verifier_is_an_error_at_its_deadline():
-    from rlvr.scoring import VerifierPool
+    from rlvr.rewards.scoring import VerifierPool
 
     pool = VerifierPool(1)
     try:
@@ -149,14 +149,14 @@ def test_a_retriever_that_dies_mid_run_stops_it_naming_the_phase(tmp_path, tiny_
     episode's every search failed, the run stops naming the retrieval phase and the server."""
     import json
 
-    import rlvr.hf_engine
-    from rlvr.config import TrainConfig
-    from rlvr.models import build_tiny_model
-    from rlvr.registry import ALGORITHMS
+    import rlvr.engines.hf
+    from rlvr.core.config import TrainConfig
+    from rlvr.core.models import build_tiny_model
+    from rlvr.core.registry import ALGORITHMS
     from rlvr.retrieval.base import Hit, RetrievalError
     from rlvr.retrieval.corpus import Passage
     from rlvr.testing import ScriptedEngine
-    from rlvr.types import Task
+    from rlvr.core.types import Task
 
     class DyingIndex:
         calls = 0
@@ -173,7 +173,7 @@ def test_a_retriever_that_dies_mid_run_stops_it_naming_the_phase(tmp_path, tiny_
             return "<think>look it up</think><search> capital of france </search>"
         return "<answer> Paris </answer>"
 
-    monkeypatch.setattr(rlvr.hf_engine, "HFEngine", lambda model, tokenizer, **kw: ScriptedEngine(tokenizer, policy))
+    monkeypatch.setattr(rlvr.engines.hf, "HFEngine", lambda model, tokenizer, **kw: ScriptedEngine(tokenizer, policy))
     cfg = TrainConfig(algorithm="grpo")
     import rlvr.environments.search as search_mod
 

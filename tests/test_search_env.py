@@ -2,17 +2,17 @@
 
 import pytest
 
-from rlvr.config import RolloutConfig
+from rlvr.core.config import RolloutConfig
 from rlvr.environments import search as search_mod
 from rlvr.environments.search import (INVALID_ACTION_MESSAGE, SEARCH_R1_TEMPLATE, DirectEnv,
                                       RagEnv, SearchEnv, information_block, parse_action,
                                       search_metrics, strip_information)
 from rlvr.retrieval.base import Hit, RetrievalError, format_passages
 from rlvr.retrieval.corpus import Passage
-from rlvr.rollout import collect, make_env_factory
-from rlvr.config import EnvConfig
+from rlvr.rollout.episodes import collect, make_env_factory
+from rlvr.core.config import EnvConfig
 from rlvr.testing import ScriptedEngine
-from rlvr.types import Task
+from rlvr.core.types import Task
 
 DOCS = {
     "france": Passage.from_contents("d1", '"Paris"\nParis is the capital of France.'),

@@ -3,11 +3,11 @@ import json
 import pytest
 import torch
 
-from rlvr.batch import collate, token_logprobs
-from rlvr.config import load_config
+from rlvr.learners.batch import collate, token_logprobs
+from rlvr.core.config import load_config
 from rlvr.learners.sft import accumulate_gradients, nll_of, train_on_trajectories
-from rlvr.models import build_tiny_model
-from rlvr.types import Trajectory
+from rlvr.core.models import build_tiny_model
+from rlvr.core.types import Trajectory
 
 
 def search_demo(tok, question: str, query: str, passage: str, answer: str) -> Trajectory:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from rlvr.config import RolloutConfig
+from rlvr.core.config import RolloutConfig
 from rlvr.environments.chat_delta import ChatRenderer, TemplateError, render_tool_message
 from rlvr.environments.tools import ToolsEnv, make_tool, schema_from_callable
-from rlvr.rollout import collect
+from rlvr.rollout.episodes import collect
 from rlvr.testing import ScriptedEngine
-from rlvr.types import Task
+from rlvr.core.types import Task
 
 FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
 LLAMA_SPECIALS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
@@ -42,7 +42,7 @@ def slow() -> str:
 
 
 def _tokenizer(template: str):
-    from rlvr.models import build_tiny_tokenizer
+    from rlvr.core.models import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     if template == "tiny":

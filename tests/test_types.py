@@ -2,7 +2,7 @@
 
 import pytest
 
-from rlvr.types import Score, Task, Trajectory
+from rlvr.core.types import Score, Task, Trajectory
 
 
 def test_appends_keep_lengths_and_masks():

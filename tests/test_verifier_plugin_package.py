@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rlvr.registry import Registry
+from rlvr.core.registry import Registry
 
 PLUGIN = '''
 """A throwaway rlvr verifier plugin."""
@@ -116,7 +116,7 @@ def test_coexists_with_pypi_verifiers_package(tmp_path):
     (fake / "__init__.py").write_text('NAME = "pypi-verifiers"\n')
     code = textwrap.dedent("""
         import verifiers, rlvr.verifiers, rlvr.verifiers.qa
-        from rlvr.scoring import verify
+        from rlvr.rewards.scoring import verify
         assert verifiers is not rlvr.verifiers
         assert verifiers.NAME == "pypi-verifiers"
         assert not hasattr(rlvr.verifiers, "NAME")
@@ -137,7 +137,7 @@ def test_train_with_the_plugin_verifier_from_a_config(installed, tmp_path):
     """`rlvr train my.yaml` whose environment is rewarded by the plugin: the part is logged."""
     import yaml
 
-    from rlvr.config import resolve_config_path
+    from rlvr.core.config import resolve_config_path
 
     bundled = resolve_config_path("grpo_calculator")
     settings = yaml.safe_load(bundled.read_text())

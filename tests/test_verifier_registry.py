@@ -6,8 +6,8 @@ import time
 import pytest
 
 import rlvr
-from rlvr.registry import VERIFIERS, Registry, describe
-from rlvr.scoring import VerifierPool, combine, verify, verify_batch
+from rlvr.core.registry import VERIFIERS, Registry, describe
+from rlvr.rewards.scoring import VerifierPool, combine, verify, verify_batch
 
 
 @pytest.fixture

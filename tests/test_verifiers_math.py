@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from rlvr.scoring import verify, verify_batch
+from rlvr.rewards.scoring import verify, verify_batch
 from rlvr.verifiers.extract import final_math_answer, gsm8k_answer, last_boxed
 from rlvr.verifiers.math import check_math
 

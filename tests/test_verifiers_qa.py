@@ -2,7 +2,7 @@
 
 import pytest
 
-from rlvr.scoring import verify
+from rlvr.rewards.scoring import verify
 from rlvr.verifiers.qa import extract_answer, f1, normalize_answer
 
 
@@ -103,7 +103,7 @@ def test_golds_that_normalise_to_nothing_are_dropped(name):
 
 
 def test_reference_problem_is_the_loaders_check():
-    from rlvr.registry import VERIFIERS
+    from rlvr.core.registry import VERIFIERS
     from rlvr.verifiers.qa import reference_problem
 
     for name in ("qa_em", "qa_f1", "qa_cover_em"):

@@ -10,9 +10,9 @@ import urllib.request
 
 import pytest
 
-from rlvr import rollout_log
+from rlvr.rollout import log as rollout_log
 from rlvr.cli import main
-from rlvr.types import Trajectory
+from rlvr.core.types import Trajectory
 from rlvr.viewer import build_page, load_run, write_page
 from test_rollout_log import tiny_run  # noqa: F401 (the shared 2-step run)
 
@@ -105,7 +105,7 @@ def test_serve_answers_the_page_on_loopback_only(tiny_run, tmp_path):
 
 
 def test_rlvr_eval_logs_its_rollouts_and_the_viewer_reads_the_directory(tmp_path):
-    from rlvr.models import save_tiny
+    from rlvr.core.models import save_tiny
 
     model_dir = save_tiny(tmp_path / "model", hidden_size=32, num_layers=1)
     data = tmp_path / "mini.jsonl"

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rlvr.engine import SamplingParams
+from rlvr.engines.base import SamplingParams
 
 
 class FakeLLM:
@@ -97,7 +97,7 @@ def fake_vllm(monkeypatch):
 
 
 def test_token_in_token_out_contract(fake_vllm):
-    from rlvr.vllm_engine import EXTENSION, VLLMEngine
+    from rlvr.engines.vllm import EXTENSION, VLLMEngine
 
     engine = VLLMEngine("some/model", gpu_memory_utilization=0.3)
     init = fake_vllm.llm().init
@@ -124,7 +124,7 @@ def test_token_in_token_out_contract(fake_vllm):
 
 
 def test_no_seed_shares_one_sampling_params(fake_vllm):
-    from rlvr.vllm_engine import VLLMEngine
+    from rlvr.engines.vllm import VLLMEngine
 
     VLLMEngine("m").generate([[1], [2]], SamplingParams(max_new_tokens=2, temperature=0))
     _, sp = fake_vllm.llm().last
@@ -132,7 +132,7 @@ def test_no_seed_shares_one_sampling_params(fake_vllm):
 
 
 def test_load_weights_sends_every_parameter_by_name_and_shape(fake_vllm, tiny_model):
-    from rlvr.vllm_engine import VLLMEngine
+    from rlvr.engines.vllm import VLLMEngine
 
     engine = VLLMEngine("m")
     engine.load_weights(tiny_model)
@@ -149,7 +149,7 @@ def test_load_weights_sends_every_parameter_by_name_and_shape(fake_vllm, tiny_mo
 
 
 def test_sleep_and_wake_bracket_the_update_in_order(fake_vllm, tiny_model):
-    from rlvr.vllm_engine import VLLMEngine
+    from rlvr.engines.vllm import VLLMEngine
 
     engine = VLLMEngine("m")
     params = SamplingParams(max_new_tokens=3)
@@ -165,7 +165,7 @@ def test_sleep_and_wake_bracket_the_update_in_order(fake_vllm, tiny_model):
 
 
 def test_generate_after_sleep_without_push_wakes_everything(fake_vllm):
-    from rlvr.vllm_engine import VLLMEngine
+    from rlvr.engines.vllm import VLLMEngine
 
     engine = VLLMEngine("m")
     engine.sleep()
@@ -175,7 +175,7 @@ def test_generate_after_sleep_without_push_wakes_everything(fake_vllm):
 
 
 def test_level_two_sleep_refuses_to_generate_before_a_push(fake_vllm, tiny_model):
-    from rlvr.vllm_engine import VLLMEngine
+    from rlvr.engines.vllm import VLLMEngine
 
     engine = VLLMEngine("m", sleep_level=2)
     engine.sleep()
@@ -187,7 +187,7 @@ def test_level_two_sleep_refuses_to_generate_before_a_push(fake_vllm, tiny_model
 
 
 def test_sleep_disabled_is_a_no_op(fake_vllm):
-    from rlvr.vllm_engine import VLLMEngine
+    from rlvr.engines.vllm import VLLMEngine
 
     engine = VLLMEngine("m", sleep=False)
     engine.sleep()
@@ -195,24 +195,24 @@ def test_sleep_disabled_is_a_no_op(fake_vllm):
 
 
 def test_untouched_parameters_are_reported(fake_vllm, caplog):
-    from rlvr.vllm_engine import VLLMEngine
+    from rlvr.engines.vllm import VLLMEngine
 
     engine = VLLMEngine("m")
     fake_vllm.llm().untouched = ["model.layers.0.mlp.gate_up_proj.weight"]
-    with caplog.at_level(logging.WARNING, logger="rlvr.vllm_engine"):
+    with caplog.at_level(logging.WARNING, logger="rlvr.engines.vllm"):
         engine.load_weights({"model.embed_tokens.weight": torch.zeros(3, 2)})
     assert "gate_up_proj" in caplog.text and "1 parameters" in caplog.text
 
 
 def test_lora_names_are_refused(fake_vllm):
-    from rlvr.vllm_engine import VLLMEngine
+    from rlvr.engines.vllm import VLLMEngine
 
     with pytest.raises(ValueError, match="merge the adapter"):
         VLLMEngine("m").load_weights({"base_model.model.lm_head.weight": torch.zeros(1)})
 
 
 def test_bad_outputs_raise_with_the_request(fake_vllm):
-    from rlvr.vllm_engine import VLLMEngine
+    from rlvr.engines.vllm import VLLMEngine
 
     engine = VLLMEngine("m")
     step = {5: SimpleNamespace(logprob=-1.0)}
@@ -229,7 +229,7 @@ def test_bad_outputs_raise_with_the_request(fake_vllm):
 
 
 def test_bad_settings_are_refused(fake_vllm):
-    from rlvr.vllm_engine import VLLMEngine
+    from rlvr.engines.vllm import VLLMEngine
 
     with pytest.raises(ValueError, match="vllm_sleep_level"):
         VLLMEngine("m", sleep_level=3)
@@ -239,15 +239,15 @@ def test_bad_settings_are_refused(fake_vllm):
 
 def test_missing_vllm_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)
-    from rlvr.vllm_engine import VLLMEngine
+    from rlvr.engines.vllm import VLLMEngine
 
     with pytest.raises(ImportError, match=r"rlvr\[vllm\]"):
         VLLMEngine("x")
 
 
 def test_make_engine_passes_the_rollout_settings(fake_vllm):
-    from rlvr.config import RolloutConfig
-    from rlvr.engine import make_engine
+    from rlvr.core.config import RolloutConfig
+    from rlvr.engines.base import make_engine
 
     cfg = RolloutConfig(max_total_tokens=300, vllm_gpu_memory_utilization=0.25, vllm_sleep_level=2)
     engine = make_engine("vllm", None, None, model_path="some/dir", rollout=cfg)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rlvr.world import QUESTION_TYPES, WorldConfig, build_world, write_world
+from rlvr.jobs.search_world.world import QUESTION_TYPES, WorldConfig, build_world, write_world
 
 SMALL = WorldConfig(seed=3, num_people=60, num_cities=10, num_countries=4, num_orgs=6,
                     dev_people=10, test_people=10)

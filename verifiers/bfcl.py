@@ -30,8 +30,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from rlvr.registry import verifier
-from rlvr.types import Score
+from rlvr.core.registry import verifier
+from rlvr.core.types import Score
 
 _PY_TYPES: dict[str, tuple[type, ...]] = {
     "integer": (int,), "int": (int,), "long": (int,), "float": (float, int), "number": (float, int),

@@ -37,7 +37,7 @@ import threading
 from typing import Any
 
 import rlvr
-from rlvr.types import Score
+from rlvr.core.types import Score
 
 MAX_CODE_CHARS = 100_000  # longer "code" is not a solution, and compiling it costs time
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)

@@ -14,8 +14,8 @@ import re
 import unicodedata
 from typing import Any
 
-from rlvr.registry import verifier
-from rlvr.types import Score
+from rlvr.core.registry import verifier
+from rlvr.core.types import Score
 from rlvr.verifiers.extract import last_tag
 
 _TAG = re.compile(r"<(/?)(think|search|information|answer)>")

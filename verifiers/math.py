@@ -3,7 +3,7 @@
 math-verify bounds its own parsing and comparison with ``signal.alarm``, which only works in the
 main thread of a process, and an alarm cannot interrupt a long computation inside C (a huge
 integer power). So the registered verifier runs the check in a worker process of the verifier pool
-(:mod:`rlvr.scoring`), whose main thread may use signals and which the parent kills at its
+(:mod:`rlvr.rewards.scoring`), whose main thread may use signals and which the parent kills at its
 deadline. Inside a pool worker it runs inline. :func:`check_math` is the inline check itself.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from rlvr.registry import verifier
-from rlvr.types import Score
+from rlvr.core.registry import verifier
+from rlvr.core.types import Score
 from rlvr.verifiers.extract import final_math_answer, golds
 
 #: Extracted answers longer than this are refused without parsing: no real final answer is this
@@ -86,7 +86,7 @@ def _as_latex(s: str) -> str:
 @verifier("math")
 def math_answer(completion: str, answer: Any, **info: Any) -> Score:
     """Math final answer (\\boxed{}, ####, <answer>) equivalent to the reference via math-verify."""
-    from rlvr import scoring
+    from rlvr.rewards import scoring
 
     if scoring.in_pool_worker() and _signals_usable():
         return check_math(completion, answer, **info)

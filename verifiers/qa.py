@@ -27,8 +27,8 @@ import unicodedata
 from collections import Counter
 from typing import Any
 
-from rlvr.registry import verifier
-from rlvr.types import Score
+from rlvr.core.registry import verifier
+from rlvr.core.types import Score
 from rlvr.verifiers.extract import golds, last_tag
 
 _ASCII_PUNCT = str.maketrans("", "", string.punctuation)

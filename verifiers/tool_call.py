@@ -26,8 +26,8 @@ import json
 from collections import Counter
 from typing import Any
 
-from rlvr.registry import verifier
-from rlvr.types import Score
+from rlvr.core.registry import verifier
+from rlvr.core.types import Score
 from rlvr.verifiers.extract import last_tag
 
 #: Calls beyond this many are ignored (the matching is exponential in the call count).

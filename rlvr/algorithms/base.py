@@ -1,7 +1,7 @@
 """What an on-policy algorithm is: a declaration the one loop (:mod:`rlvr.learners.onpolicy`) reads.
 
 An algorithm supplies its advantage function and its policy-loss function (thin adapters over the
-pure functions of :mod:`rlvr.advantages` and :mod:`rlvr.losses`), says whether it needs a critic
+pure functions of :mod:`rlvr.algorithms.advantages` and :mod:`rlvr.algorithms.losses`), says whether it needs a critic
 and several samples per prompt, whether its loss is clipped (an unclipped policy gradient is valid
 for one update per batch only), and which ``rl.*`` settings it reads beyond the ones the loop
 honours for every algorithm (:data:`SHARED`). ``defaults`` replace settings the config leaves at
@@ -22,8 +22,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from rlvr.batch import Batch
-from rlvr.config import RLConfig, TrainConfig
+from rlvr.learners.batch import Batch
+from rlvr.core.config import RLConfig, TrainConfig
 
 #: ``rl.*`` settings the loop honours the same way for every algorithm.
 SHARED = frozenset({
@@ -82,7 +82,7 @@ class OnPolicyAlgorithm:
 
 
 def _readers(key: str) -> list[str]:
-    from rlvr.registry import ALGORITHMS
+    from rlvr.core.registry import ALGORITHMS
 
     return sorted(n for n, a in ALGORITHMS.items() if isinstance(a, OnPolicyAlgorithm)
                   and (key in a.settings or key in a.fixed or key in a.defaults))

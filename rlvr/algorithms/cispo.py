@@ -1,7 +1,7 @@
 """CISPO: clipped importance-sampling policy optimisation (MiniMax-M1, https://arxiv.org/abs/2506.13585).
 
 GRPO's group advantages on a REINFORCE-style loss weighted by a clipped, detached importance
-ratio (:func:`rlvr.losses.cispo_policy_loss`): every token keeps its gradient, the weight is
+ratio (:func:`rlvr.algorithms.losses.cispo_policy_loss`): every token keeps its gradient, the weight is
 bounded. The paper bounds only the high side: ``rl.clip_low`` defaults to 1 (no lower bound) and
 ``rl.clip_high`` to 0.28 when left at PPO's 0.2; token-mean aggregation as in the paper.
 """
@@ -9,7 +9,7 @@ bounded. The paper bounds only the high side: ``rl.clip_low`` defaults to 1 (no 
 import rlvr
 from rlvr.algorithms.base import OnPolicyAlgorithm
 from rlvr.algorithms.grpo import group_advantages
-from rlvr.losses import cispo_policy_loss
+from rlvr.algorithms.losses import cispo_policy_loss
 
 
 def cispo_loss(lp, mb, rl):

@@ -8,7 +8,7 @@ clipped surrogate with the paper's four changes, each a shared rl.* setting the 
   ``train/sampling_attempts``);
 - token-level loss: ``rl.loss_agg`` token-mean, always;
 - overlong reward shaping: ``rl.overlong_buffer_len`` / ``rl.overlong_penalty``
-  (:func:`rlvr.advantages.overlong_penalty`, eq. 13; off unless a buffer is set).
+  (:func:`rlvr.algorithms.advantages.overlong_penalty`, eq. 13; off unless a buffer is set).
 The paper also drops the KL term: the bundled config keeps ``rl.kl_coef`` at 0.
 """
 

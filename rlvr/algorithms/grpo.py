@@ -10,9 +10,9 @@ Deviation: π_old is the engine's behaviour logprob unless ``rl.old_logprobs = r
 """
 
 import rlvr
-from rlvr.advantages import grpo_advantages
+from rlvr.algorithms.advantages import grpo_advantages
 from rlvr.algorithms.base import OnPolicyAlgorithm
-from rlvr.losses import clipped_policy_loss
+from rlvr.algorithms.losses import clipped_policy_loss
 
 
 def group_advantages(x, rl):

@@ -1,7 +1,7 @@
 """GSPO: group sequence policy optimisation (Zheng et al. 2025, https://arxiv.org/abs/2507.18071).
 
 GRPO's group advantages with a *sequence-level*, length-normalised importance ratio clipped as a
-whole (:func:`rlvr.losses.gspo_policy_loss`), so the update weighs whole responses as the reward
+whole (:func:`rlvr.algorithms.losses.gspo_policy_loss`), so the update weighs whole responses as the reward
 does. The paper's clip range is tiny (3e-4 / 4e-4, the defaults here when ``rl.clip_low`` /
 ``rl.clip_high`` are left at PPO's 0.2) and its objective averages over sequences, so the
 aggregation is always ``seq-mean-token-mean``.
@@ -10,7 +10,7 @@ aggregation is always ``seq-mean-token-mean``.
 import rlvr
 from rlvr.algorithms.base import OnPolicyAlgorithm
 from rlvr.algorithms.grpo import group_advantages
-from rlvr.losses import gspo_policy_loss
+from rlvr.algorithms.losses import gspo_policy_loss
 
 
 def gspo_loss(lp, mb, rl):

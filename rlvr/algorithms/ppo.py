@@ -5,11 +5,11 @@ Per-token rewards (``-β KL_t`` on every trained token with ``rl.kl_in_reward``,
 on the last one), optionally whitened (``rl.whiten_rewards``), GAE(γ, λ) against the critic's
 values over trained tokens, optionally whitened advantages; the clipped surrogate for the policy
 and the (clipped) value loss for the critic (:mod:`rlvr.learners.critic`: ``rl.critic`` separate
-or shared). Deviation: GAE skips observation tokens (see :func:`rlvr.advantages.gae`).
+or shared). Deviation: GAE skips observation tokens (see :func:`rlvr.algorithms.advantages.gae`).
 """
 
 import rlvr
-from rlvr.advantages import gae, whiten
+from rlvr.algorithms.advantages import gae, whiten
 from rlvr.algorithms.base import OnPolicyAlgorithm
 from rlvr.algorithms.grpo import clipped_loss
 

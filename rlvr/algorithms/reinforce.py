@@ -7,7 +7,7 @@ moving average is updated after the advantages, so a batch's baseline never hold
 """
 
 import rlvr
-from rlvr.advantages import moving_average_baseline, reinforce_advantages
+from rlvr.algorithms.advantages import moving_average_baseline, reinforce_advantages
 from rlvr.algorithms.base import OnPolicyAlgorithm
 from rlvr.algorithms.rloo import policy_gradient
 

@@ -2,12 +2,12 @@
 
 Per-token rewards (the outcome on the last trained token, ``-β KL_t`` on each when
 ``rl.kl_in_reward``, as the paper and the bundled config set), their return to go, normalised
-over the whole batch (:func:`rlvr.advantages.reinforce_pp_advantages`), on PPO's clipped
+over the whole batch (:func:`rlvr.algorithms.advantages.reinforce_pp_advantages`), on PPO's clipped
 surrogate. One sample per prompt is enough (``needs_groups`` is off).
 """
 
 import rlvr
-from rlvr.advantages import reinforce_pp_advantages
+from rlvr.algorithms.advantages import reinforce_pp_advantages
 from rlvr.algorithms.base import OnPolicyAlgorithm
 from rlvr.algorithms.grpo import clipped_loss
 

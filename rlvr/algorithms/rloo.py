@@ -6,9 +6,9 @@ unclipped policy gradient ``-A log pi``: one optimizer step per rollout batch. W
 """
 
 import rlvr
-from rlvr.advantages import rloo_advantages
+from rlvr.algorithms.advantages import rloo_advantages
 from rlvr.algorithms.base import OnPolicyAlgorithm
-from rlvr.losses import reinforce_policy_loss
+from rlvr.algorithms.losses import reinforce_policy_loss
 
 
 def leave_one_out(x, rl):

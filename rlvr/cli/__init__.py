@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rlvr.registry import PluginLoadError
+    from rlvr.core.registry import PluginLoadError
 
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -5,8 +5,8 @@
     rlvr eval --model runs/grpo/final --env code --data humaneval.jsonl --output-dir runs/eval-he
 
 A QA environment (one whose verifiers are ``qa_*``) reads benchmark names or QA files and reports
-EM / F1 / cover-EM and the untagged answers (see :mod:`rlvr.evaluate`); any other environment
-(``code``, ``math``, ...) reads task files as ``rlvr train`` does (:func:`rlvr.data.load_tasks`)
+EM / F1 / cover-EM and the untagged answers (see :mod:`rlvr.eval.benchmarks`); any other environment
+(``code``, ``math``, ...) reads task files as ``rlvr train`` does (:func:`rlvr.data.tasks.load_tasks`)
 and reports accuracy and mean reward from its own verifiers.
 
 The output directory receives ``predictions.jsonl`` (every trajectory; a rerun resumes from it),
@@ -70,18 +70,18 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     if args.env == "bfcl":  # BFCL function calling: its own data, verifier and report
-        from rlvr.bfcl_eval import run_bfcl
+        from rlvr.eval.bfcl import run_bfcl
 
         return run_bfcl(args)
-    from rlvr.config import EnvConfig, ModelConfig, RolloutConfig
-    from rlvr.data import load_tasks, prompt_char_budget
-    from rlvr.engine import make_engine
+    from rlvr.core.config import EnvConfig, ModelConfig, RolloutConfig
+    from rlvr.data.tasks import load_tasks, prompt_char_budget
+    from rlvr.engines.base import make_engine
     from rlvr.environments.qa_data import load_qa_many
-    from rlvr.evaluate import evaluate, format_table
-    from rlvr.rollout_log import EvalRolloutLog  # rollouts/eval.jsonl.gz, for `rlvr view`
-    from rlvr.models import load_policy, pick_device, resolve_model_path
-    from rlvr.registry import ENVIRONMENTS
-    from rlvr.rollout import make_env_factory
+    from rlvr.eval.benchmarks import evaluate, format_table
+    from rlvr.rollout.log import EvalRolloutLog  # rollouts/eval.jsonl.gz, for `rlvr view`
+    from rlvr.core.models import load_policy, pick_device, resolve_model_path
+    from rlvr.core.registry import ENVIRONMENTS
+    from rlvr.rollout.episodes import make_env_factory
 
     if args.limit < 0:
         raise ValueError(f"--limit must be >= 0, got {args.limit}")

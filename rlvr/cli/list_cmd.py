@@ -1,7 +1,7 @@
 """``rlvr list``: registered environments, verifiers, algorithms and bundled configs.
 
 It answers without importing torch: built-in entries are described from their source (see
-:meth:`rlvr.registry.Registry.catalog`). A plugin whose entry point fails to import is listed as
+:meth:`rlvr.core.registry.Registry.catalog`). A plugin whose entry point fails to import is listed as
 broken, with the import error.
 """
 
@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from rlvr.registry import ALGORITHMS, ENVIRONMENTS, VERIFIERS
+    from rlvr.core.registry import ALGORITHMS, ENVIRONMENTS, VERIFIERS
 
     table: dict[str, dict[str, str]] = {}
     for section, registry in (("environments", ENVIRONMENTS), ("verifiers", VERIFIERS),
@@ -43,10 +43,10 @@ def run(args) -> int:
 
 
 def bundled_configs() -> Path:
-    """``rlvr.config.BUNDLED_CONFIGS``, found without importing rlvr.config (omegaconf, yaml)."""
+    """``rlvr.core.config.BUNDLED_CONFIGS``, found without importing rlvr.core.config (omegaconf, yaml)."""
     import importlib.util
 
-    spec = importlib.util.find_spec("rlvr.config")
+    spec = importlib.util.find_spec("rlvr")
     return Path(spec.origin).parent / "configs"
 
 

@@ -1,5 +1,5 @@
 """``rlvr rollout-server``: an engine (HF or vLLM) serving token-id rollouts over HTTP
-(protocol in :mod:`rlvr.rollout_server`); trainers reach it through ``rollout.servers``."""
+(protocol in :mod:`rlvr.engines.server`); trainers reach it through ``rollout.servers``."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from rlvr.rollout_server import RolloutService, build_engine, serve
+    from rlvr.engines.server import RolloutService, build_engine, serve
 
     vllm = {}
     if args.engine == "vllm":

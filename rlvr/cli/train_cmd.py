@@ -3,7 +3,7 @@
 With a CONFIG (a YAML file or a bundled config name, see ``rlvr list``) the settings are loaded
 over the typed defaults, ``--key value`` pairs override them, ``config.yaml`` is written to the run
 directory and the learner registered under ``algorithm`` runs. Without a CONFIG the embedded
-default job runs (``rlvr.pipeline.run_default``).
+default job runs (``rlvr.jobs.search_world.pipeline.run_default``).
 
 Relative data paths in a config file (``data.train``, ``data.eval``) are read relative to the
 config file when they do not exist relative to the working directory, so bundled configs can ship
@@ -60,8 +60,8 @@ def add_parser(sub) -> None:
 def _resolve_data_paths(cfg, config_path: Path) -> None:
     """Relative data paths are read beside the config file when not found here; a file found in
     neither place is refused naming its key."""
-    from rlvr.data import BUNDLED_TASKS
-    from rlvr.preference_data import BUNDLED
+    from rlvr.data.tasks import BUNDLED_TASKS
+    from rlvr.data.preferences import BUNDLED
 
     for key in ("train", "eval"):
         spec = getattr(cfg.data, key)
@@ -139,9 +139,9 @@ def field_docs(cls) -> dict[str, str]:
 
 def run(args) -> int:
     from rlvr.cli import DEFAULT_JOB
-    from rlvr.config import dump_config, load_config, resolve_config_path
-    from rlvr.pipeline import RECIPE, is_job_recipe, run_default
-    from rlvr.registry import ALGORITHMS
+    from rlvr.core.config import dump_config, load_config, resolve_config_path
+    from rlvr.jobs.search_world.pipeline import RECIPE, is_job_recipe, run_default
+    from rlvr.core.registry import ALGORITHMS
 
     overrides = list(getattr(args, "overrides", []) or [])
     config = args.print_config if isinstance(args.print_config, str) else args.config
@@ -173,8 +173,8 @@ def run(args) -> int:
 
 
 def _print_config(path: Path, overrides: list[str], args) -> int:
-    from rlvr.config import load_config
-    from rlvr.pipeline import is_job_recipe, load_job_config
+    from rlvr.core.config import load_config
+    from rlvr.jobs.search_world.pipeline import is_job_recipe, load_job_config
 
     if is_job_recipe(path):
         cfg = load_job_config(overrides, args.output_dir, args.no_mask, recipe=path)

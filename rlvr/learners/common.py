@@ -1,6 +1,6 @@
 """The plumbing of the on-policy loop (:mod:`rlvr.learners.onpolicy`).
 
-The math lives in :mod:`rlvr.advantages` and :mod:`rlvr.losses`, each algorithm's choice of it in
+The math lives in :mod:`rlvr.algorithms.advantages` and :mod:`rlvr.algorithms.losses`, each algorithm's choice of it in
 :mod:`rlvr.algorithms`; this module builds the policy, reference model, optimizer and schedule,
 streams prompts, collects rollouts, decides the training mask (in one place), runs the
 mini-batch / micro-batch policy update with its single normalisation, and evaluates, logs and
@@ -24,15 +24,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from rlvr.batch import Batch, collate, token_logprobs
-from rlvr.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from rlvr.config import TrainConfig
+from rlvr.learners.batch import Batch, collate, token_logprobs
+from rlvr.learners.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlvr.core.config import TrainConfig
 from rlvr.learners.distributed import NullLogger, World, init_world
 from rlvr.learners.runtime import (LOW_PRECISION, GuardedStep, lr_schedule, master_weights_fp32,
                                    run_dir, seed_everything)
-from rlvr.losses import aggregate, kl_estimator, kl_k3
-from rlvr.metrics import MetricsLogger, environment_metrics, rollout_metrics
-from rlvr.types import Task, Trajectory
+from rlvr.algorithms.losses import aggregate, kl_estimator, kl_k3
+from rlvr.learners.metrics import MetricsLogger, environment_metrics, rollout_metrics
+from rlvr.core.types import Task, Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +109,12 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
           needs_ref: bool = False, extra_params: list | None = None) -> Session:
     """Build (or take) the policy, reference, optimizer, schedule, engine, prompts and logger;
     restore the newest checkpoint when ``run.resume``."""
-    from rlvr.data import load_tasks, prompt_char_budget
-    from rlvr.hf_engine import HFEngine
-    from rlvr.models import load_policy, pick_device
-    from rlvr.registry import ENVIRONMENTS
-    from rlvr.rewards import env_config, reward_spec
-    from rlvr.rollout import make_env_factory
+    from rlvr.data.tasks import load_tasks, prompt_char_budget
+    from rlvr.engines.hf import HFEngine
+    from rlvr.core.models import load_policy, pick_device
+    from rlvr.core.registry import ENVIRONMENTS
+    from rlvr.rewards.spec import env_config, reward_spec
+    from rlvr.rollout.episodes import make_env_factory
 
     env_cfg = env_config(cfg)  # the reward's verifiers; a bad name or path fails before loading
     env_factory = make_env_factory(env_cfg)  # settings checked before any model loads
@@ -149,7 +149,7 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
     world.barrier()
     separate_weights = bool(cfg.rollout.servers) or cfg.rollout.engine == "vllm"
     if separate_weights:  # an engine with its own copy of the weights
-        from rlvr.engine import make_engine
+        from rlvr.engines.base import make_engine
 
         engine = make_engine(cfg.rollout.engine, model, tokenizer,
                              model_path=_engine_start_dir(cfg, model, tokenizer, out_dir, world),
@@ -196,8 +196,8 @@ def rollout(s: Session, step: int, attempt: int = 0) -> tuple[list[Trajectory], 
     """Collect one rollout batch (``prompts_per_step`` × ``samples_per_prompt``), then add
     reward-model rewards. Returns the trajectories and phase timings. ``attempt`` > 0 is a
     dynamic-sampling re-draw within the step (its own sampling seed)."""
-    from rlvr.rewards import add_model_rewards
-    from rlvr.rollout import collect
+    from rlvr.rewards.spec import add_model_rewards
+    from rlvr.rollout.episodes import collect
 
     cfg = s.cfg
     t0 = time.perf_counter()
@@ -317,7 +317,7 @@ def accumulate_gradients(s: Session, mini: Batch, algo, *, kl_coef: float,
     """Backward the loss of one mini-batch, micro-batch by micro-batch (gradients accumulate).
 
     Normalisation happens here, once: the mini-batch's sequence and token counts go to
-    :func:`rlvr.losses.aggregate` for every micro-batch, so the accumulated gradient equals the
+    :func:`rlvr.algorithms.losses.aggregate` for every micro-batch, so the accumulated gradient equals the
     gradient of the whole mini-batch's loss whatever ``optim.micro_batch_size`` is.
     ``extra_loss(mb, norm)`` adds a scalar loss on the same micro-batch (PPO's shared value head).
     Returns (loss, masked sums of the diagnostics, trained tokens); ``logprob_gap`` sums
@@ -410,7 +410,7 @@ def evaluate(s: Session, step: int, eval_fn: Callable | None) -> dict[str, float
     if eval_fn is not None:
         res = _call_eval(eval_fn, s, step)
     elif s.eval_tasks:
-        from rlvr.rollout import collect
+        from rlvr.rollout.episodes import collect
 
         with s.compute():
             trajs = collect(s.engine, s.tokenizer, s.env_factory, s.eval_tasks, samples_per_prompt=1,
@@ -452,7 +452,7 @@ def finish(s: Session, history: list[dict]) -> dict:
     if s.own_logger:
         s.logger.close()
     try:
-        from rlvr.metrics import plot_metrics
+        from rlvr.learners.metrics import plot_metrics
 
         plot_metrics(s.logger.path, s.out_dir / "metrics.png")
     except Exception as e:  # a plot must never fail a finished run
@@ -467,7 +467,7 @@ def kl_coef(s: Session) -> float:
 
 def adapt_kl_coef(s: Session, observed_kl: float, n_samples: int) -> float:
     """Adaptive KL control when ``rl.kl_target`` is set; a fixed β otherwise."""
-    from rlvr.losses import adaptive_kl_coef
+    from rlvr.algorithms.losses import adaptive_kl_coef
 
     beta = kl_coef(s)
     if s.cfg.rl.kl_target and beta > 0:
@@ -478,7 +478,7 @@ def adapt_kl_coef(s: Session, observed_kl: float, n_samples: int) -> float:
 
 def step_metrics(trajs: list[Trajectory], cfg: TrainConfig, times: dict, t_step: float) -> dict:
     """Rollout statistics, the environment's own batch metrics (``env/...``) and phase timings."""
-    from rlvr.registry import ENVIRONMENTS
+    from rlvr.core.registry import ENVIRONMENTS
 
     out = rollout_metrics(trajs, cfg.rollout.samples_per_prompt)
     out.update(environment_metrics(ENVIRONMENTS.get(cfg.env.name), trajs))

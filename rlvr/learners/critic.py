@@ -16,8 +16,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from rlvr.batch import Batch
-from rlvr.losses import aggregate, value_loss
+from rlvr.learners.batch import Batch
+from rlvr.algorithms.losses import aggregate, value_loss
 
 
 class ValueModel(nn.Module):

@@ -28,8 +28,8 @@ import torch
 import rlvr
 from rlvr.learners import offline_common as oc
 from rlvr.learners.runtime import GuardedStep
-from rlvr.pref_losses import PrefLoss, cdpo_loss, dpo_sigmoid_loss, ipo_loss, simpo_loss
-from rlvr.preference_data import PrefExample
+from rlvr.algorithms.pref_losses import PrefLoss, cdpo_loss, dpo_sigmoid_loss, ipo_loss, simpo_loss
+from rlvr.data.preferences import PrefExample
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +155,9 @@ def train_dpo(model, pairs: Sequence[PrefExample], ref: PairLogps | None, cfg, p
 @rlvr.algorithm("dpo")
 def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     """DPO / cDPO / IPO / SimPO on preference pairs (``pref.loss``)."""
-    from rlvr.config import ModelConfig
-    from rlvr.models import load_policy, pick_device
-    from rlvr.preference_data import load_preference_data
+    from rlvr.core.config import ModelConfig
+    from rlvr.core.models import load_policy, pick_device
+    from rlvr.data.preferences import load_preference_data
 
     check_pref_config(cfg.pref)
     if cfg.model.lora_rank:

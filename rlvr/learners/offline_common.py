@@ -1,6 +1,6 @@
 """Plumbing shared by the offline learners (SFT, reward model, DPO): sequence log-probabilities
-(through :mod:`rlvr.batch`), batching over epochs, the optimizer and schedule, metrics and the run
-directory. No loss math here — that lives in :mod:`rlvr.pref_losses`.
+(through :mod:`rlvr.learners.batch`), batching over epochs, the optimizer and schedule, metrics and the run
+directory. No loss math here — that lives in :mod:`rlvr.algorithms.pref_losses`.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from rlvr.batch import collate, token_logprobs
-from rlvr.checkpoint import save_model_dir
+from rlvr.learners.batch import collate, token_logprobs
+from rlvr.learners.checkpoint import save_model_dir
 from rlvr.learners.runtime import lr_schedule, run_dir as prepare_run_dir, seed_everything  # noqa: F401
-from rlvr.metrics import MetricsLogger
-from rlvr.types import Trajectory
+from rlvr.learners.metrics import MetricsLogger
+from rlvr.core.types import Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def micro_chunks(idx: list[int], micro_batch_size: int) -> Iterator[list[int]]:
 
 
 def open_logger(output_dir: str | Path, cfg, total_steps: int):
-    """The project's :class:`rlvr.metrics.MetricsLogger` (``metrics.jsonl``, progress bar,
+    """The project's :class:`rlvr.learners.metrics.MetricsLogger` (``metrics.jsonl``, progress bar,
     optional TensorBoard and Weights & Biases)."""
     return MetricsLogger(output_dir, total_steps=total_steps, progress=cfg.run.progress,
                          tensorboard=cfg.run.log_tensorboard,
@@ -105,7 +105,7 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
 
 
 def save_pretrained(model, tokenizer, path: Path) -> Path:
-    """``final/``, written all or nothing (:func:`rlvr.checkpoint.save_model_dir`)."""
+    """``final/``, written all or nothing (:func:`rlvr.learners.checkpoint.save_model_dir`)."""
     return save_model_dir(model, tokenizer, path)
 
 

@@ -100,7 +100,7 @@ class GuardedStep:
 
 def run_dir(cfg, output_dir: str | Path | None = None) -> Path:
     """The run directory, with the run's ``config.yaml`` (kept as it is when the run resumes)."""
-    from rlvr.config import dump_config
+    from rlvr.core.config import dump_config
 
     out = Path(output_dir or cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)

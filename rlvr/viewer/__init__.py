@@ -1,7 +1,7 @@
 """The rollout inspector: one self-contained HTML page built from run directories.
 
 :func:`build_page` reads each directory's ``metrics.jsonl`` (curves), ``rollouts/`` (the
-trajectories :mod:`rlvr.rollout_log` wrote) and, for an ``rlvr eval`` directory, ``report.json``;
+trajectories :mod:`rlvr.rollout.log` wrote) and, for an ``rlvr eval`` directory, ``report.json``;
 it inlines ``page.html``, ``viewer.css`` and ``viewer.js`` (plain JS, inline SVG: the page works
 offline, from ``file://``) with the data as one JSON script element. The page keeps its state in
 the URL fragment (``#step=2&finish=done&traj=3``), so a view can be linked, and tests can load a
@@ -28,8 +28,8 @@ def load_run(run_dir: str | Path, name: str | None = None, max_steps: int = 0) -
     """What the page shows of one directory: numeric metrics per step, logged trajectories by step
     (``"eval"`` for an evaluation), and an evaluation's report. A directory with neither metrics
     nor rollouts is refused, saying what was looked for."""
-    from rlvr.metrics import read_metrics
-    from rlvr.rollout_log import ROLLOUT_DIR, read_run
+    from rlvr.learners.metrics import read_metrics
+    from rlvr.rollout.log import ROLLOUT_DIR, read_run
 
     d = Path(run_dir)
     if not d.is_dir():

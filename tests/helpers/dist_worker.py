@@ -9,12 +9,12 @@ import sys
 
 import torch
 
-from rlvr.batch import collate
-from rlvr.config import TrainConfig
+from rlvr.learners.batch import collate
+from rlvr.core.config import TrainConfig
 from rlvr.learners import common
-from rlvr.models import build_tiny_model, build_tiny_tokenizer
-from rlvr.registry import ALGORITHMS
-from rlvr.types import Task, Trajectory
+from rlvr.core.models import build_tiny_model, build_tiny_tokenizer
+from rlvr.core.registry import ALGORITHMS
+from rlvr.core.types import Task, Trajectory
 
 from grads import record_gradients  # tests/helpers, this script's folder
 

@@ -1,0 +1,327 @@
+"""Task sources: bundled generators by name, or JSONL / parquet files.
+
+A file row needs a prompt (``messages``, ``prompt``, ``question``, MATH's ``problem`` or the
+original MBPP's ``text``) and an answer (``answer``, ``golden_answers``, MATH's ``solution``,
+HumanEval's ``test`` beside its ``entry_point``, or MBPP's ``test_list``); every other field goes to
+``Task.info``, so raw HumanEval, MBPP, MATH and GSM8K rows load as they are published. Task ids are ``"<source>:<row>"``
+(the 0-based count of rows, blank lines not counted) so two datasets never share one.
+
+Every error about a row starts with ``FILE:LINE``, the 1-based line of the file as an editor shows
+it (a parquet table has no lines: ``FILE row N``, counted from 1). A byte that is not UTF-8 is
+named with its line and position, never as a bare codec error. A row whose answer no verifier can
+ever reward (``"answer": null``, or an answer the run's verifiers cannot read) is refused when
+the tasks are loaded, not trained on silently with reward 0; a run that scores without reference
+answers by design (a reward model) says so with ``answers_optional`` and gets one warning with the
+count instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from rlvr.core.types import Task
+
+log = logging.getLogger(__name__)
+
+#: name → generator(n, seed) of bundled toy tasks
+BUNDLED_TASKS: dict[str, Callable[[int, int], list[Task]]] = {}
+#: bad rows quoted in one error message; the rest are counted
+SHOWN_ERRORS = 5
+#: Characters one token may stand for, generously: ordinary text and code take 3-5 characters a
+#: token in the BPE vocabularies of current models, so a prompt over ``max_total_tokens`` × this
+#: many characters cannot fit the token budget unless it is almost all long repeated runs.
+CHARS_PER_TOKEN_BOUND = 16
+TOO_LONG = ("refuse", "skip")
+
+
+class DataError(ValueError):
+    """A data file or row that cannot be used; the message starts with ``FILE:LINE``."""
+
+
+def bundled_task(name: str):
+    def add(fn):
+        if name in BUNDLED_TASKS:
+            raise ValueError(f"bundled task {name!r} is already registered")
+        BUNDLED_TASKS[name] = fn
+        return fn
+    return add
+
+
+@bundled_task("calculator")
+def calculator_tasks(n: int = 256, seed: int = 0) -> list[Task]:
+    """Two-operand integer arithmetic, e.g. 'What is 12*7?'."""
+    rng = random.Random(seed)
+    tasks = []
+    for i in range(n):
+        a, b, op = rng.randint(2, 99), rng.randint(2, 99), rng.choice("+-*")
+        value = a + b if op == "+" else a - b if op == "-" else a * b
+        tasks.append(Task(f"What is {a}{op}{b}?", str(value), id=f"calculator:{i}"))
+    return tasks
+
+
+def prompt_char_budget(max_total_tokens: int) -> int:
+    """The prompt length, in characters, above which a prompt cannot fit ``max_total_tokens``
+    (:data:`CHARS_PER_TOKEN_BOUND` characters a token); 0 (no check) for a budget of 0."""
+    return max(0, int(max_total_tokens)) * CHARS_PER_TOKEN_BOUND
+
+
+def prompt_chars(prompt: Any) -> int:
+    """Characters of a prompt: its text, or the sum of its messages' contents (no tokenizer)."""
+    if isinstance(prompt, str):
+        return len(prompt)
+    if isinstance(prompt, list):
+        return sum(len(str(m.get("content") or "")) if isinstance(m, dict) else len(str(m))
+                   for m in prompt)
+    return len(str(prompt))
+
+
+def load_tasks(spec: str, limit: int = 0, seed: int = 0, *,
+               verifiers: Mapping[str, float] | Iterable[str] | None = None,
+               answers_optional: str = "", max_prompt_chars: int = 0,
+               too_long: str = "refuse") -> list[Task]:
+    """A bundled task name (``calculator``), a ``.jsonl`` / ``.json`` / ``.parquet`` file, or a hub
+    dataset ``hf:owner/name[:split]`` (split ``train`` by default; rows named ``SOURCE row N``).
+
+    ``verifiers`` (names, or name → weight) are the run's verifiers: a row whose answer one of them
+    (weighted above 0) cannot read is refused too, not only a row without an answer.
+    ``answers_optional``: why rows without a usable answer are fine for this run (e.g. "the reward
+    is a reward model"); they are then kept with one warning that counts them. Empty (default):
+    they are refused, every one named by ``FILE:LINE``.
+
+    ``max_prompt_chars`` (0 = no check; :func:`prompt_char_budget` of ``rollout.max_total_tokens``
+    gives it): a prompt longer than this many characters cannot fit the token budget, and would be
+    tokenised again at every episode reset before being cut (a 50 MB prompt made a one-step run
+    take minutes). Such rows are counted and the first named by ``FILE:LINE``, from their length
+    alone, without a tokenizer; ``too_long="refuse"`` (default) raises, ``"skip"`` drops them with
+    one warning. Skipped rows keep their place in the ids (``<source>:<row>``).
+    """
+    if too_long not in TOO_LONG:
+        raise ValueError(f"too_long must be one of {', '.join(TOO_LONG)}, got {too_long!r}")
+    if spec in BUNDLED_TASKS:
+        tasks = BUNDLED_TASKS[spec](limit or 256, seed)
+        return tasks[:limit] if limit else tasks
+    if spec.startswith("hf:"):
+        from rlvr.data.preferences import load_located_rows  # the hub reader preference data uses
+
+        located, source = load_located_rows(spec, limit), spec
+        stem = spec[3:].partition(":")[0].rsplit("/", 1)[-1]  # hf:owner/name:split → name
+    else:
+        path = Path(spec)
+        if not path.exists():
+            known = ", ".join(sorted(BUNDLED_TASKS))
+            raise FileNotFoundError(f"task source {spec!r} is neither a file, a bundled task "
+                                    f"({known}) nor hf:owner/name[:split]")
+        located, stem, source = read_located_rows(path), path.stem, str(path)
+    tasks, wheres, too_big = [], [], []
+    for i, (where, row) in enumerate(located):
+        if limit and len(tasks) >= limit:
+            break
+        task = row_to_task(row, f"{stem}:{i}", where=where)
+        if max_prompt_chars and (n := prompt_chars(task.prompt)) > max_prompt_chars:
+            too_big.append(f"{where}: the prompt has {n:,} characters, over the "
+                           f"{max_prompt_chars:,} that can fit the token budget")
+            continue
+        tasks.append(task)
+        wheres.append(where)
+    if too_big:
+        _too_long(too_big, len(tasks) + len(too_big), source, too_long)
+    check_answers(tasks, wheres, verifiers=verifiers, answers_optional=answers_optional,
+                  source=source)
+    return tasks
+
+
+def _too_long(bad: list[str], total: int, source: str, too_long: str) -> None:
+    if too_long == "skip":
+        log.warning("%s: skipped %d of %d rows whose prompt cannot fit the token budget "
+                    "(first: %s)", source, len(bad), total, bad[0])
+        return
+    raise DataError(summarize_errors(bad, total, source, "have a prompt too long for the token "
+                                                         "budget") +
+                    "\n(data.too_long: skip drops them; rollout.max_total_tokens is the budget)")
+
+
+# -- reference answers -----------------------------------------------------------------------------
+
+def answer_problem(answer: Any, verifiers: Mapping[str, float] | Iterable[str] | None = None) -> str:
+    """Why no completion can ever be rewarded against ``answer``; "" when one can.
+
+    Without ``verifiers`` only what no verifier can reward is a problem: a null or blank answer.
+    With them, each verifier weighted above 0 that declares a ``check_answer`` (see
+    :func:`rlvr.core.registry.verifier`) is asked too, e.g. ``qa_em`` refuses an object that holds no
+    gold text."""
+    if answer is None:
+        return "'answer' is null: no verifier can reward a row without a reference answer"
+    if isinstance(answer, str) and not answer.strip():
+        return "'answer' is empty: no verifier can reward a row without a reference answer"
+    if not verifiers:
+        return ""
+    from rlvr.core.registry import VERIFIERS
+
+    weights = verifiers if isinstance(verifiers, Mapping) else {n: 1.0 for n in verifiers}
+    for name, weight in weights.items():
+        check = getattr(VERIFIERS.get(name), "check_answer", None)
+        if weight and check is not None:
+            why = check(answer)
+            if why:
+                return f"verifier {name!r} can never reward it: {why}"
+    return ""
+
+
+def check_answers(tasks: list[Task], wheres: list[str], *,
+                  verifiers: Mapping[str, float] | Iterable[str] | None = None,
+                  answers_optional: str = "", source: str = "") -> None:
+    """Refuse tasks whose answer can never be rewarded (one error naming each ``FILE:LINE``), or,
+    with ``answers_optional``, keep them with one warning that counts them."""
+    bad = [f"{where}: {why}" for task, where in zip(tasks, wheres)
+           if (why := answer_problem(task.answer, verifiers))]
+    if not bad:
+        return
+    if answers_optional:
+        log.warning("%s: %d of %d rows have no reference answer a verifier can use (first: %s); "
+                    "kept because %s", source, len(bad), len(tasks), bad[0], answers_optional)
+        return
+    raise DataError(summarize_errors(bad, len(tasks), source, "can never be rewarded"))
+
+
+def summarize_errors(bad: list[str], total: int, source: str, what: str = "bad") -> str:
+    """One bad row: its message. Several: a count line, then the first few, each ``FILE:LINE: ...``."""
+    if len(bad) == 1:
+        return bad[0]
+    shown = "\n  ".join(bad[:SHOWN_ERRORS])
+    more = f"\n  ... and {len(bad) - SHOWN_ERRORS} more" if len(bad) > SHOWN_ERRORS else ""
+    return f"{source}: {len(bad)} of {total} rows {what}:\n  {shown}{more}"
+
+
+# -- reading files ---------------------------------------------------------------------------------
+
+def read_rows(path: Path) -> list[Any]:
+    """The rows of a .jsonl, .json (a list) or .parquet file (see :func:`read_located_rows`)."""
+    return [row for _, row in read_located_rows(path)]
+
+
+def read_located_rows(path: Path) -> list[tuple[str, Any]]:
+    """``(where, row)`` for each row of a .jsonl, .json (a list) or .parquet file, ``where`` being
+    ``FILE:LINE`` (1-based, as editors count; ``FILE row N`` for parquet). A line that is not
+    UTF-8 or not JSON raises a :class:`DataError` that names its line."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import datasets
+
+        try:
+            rows = list(datasets.Dataset.from_parquet(str(path)))
+        except Exception as e:
+            raise DataError(f"{path}: not a readable parquet file ({e})") from None
+        return [(f"{path} row {n}", row) for n, row in enumerate(rows, 1)]
+    if path.suffix == ".json":
+        return read_json_list(path)
+    # JSONL is parsed line by line rather than through Arrow: a bad line is then reported by its
+    # number, and rows whose golden_answers mix types do not break a schema inferred from the first.
+    return [(f"{path}:{n}", row) for n, row in iter_jsonl(path)]
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, decoded JSON)`` for each non-blank line; bytes are decoded line by line so
+    a stray Latin-1 byte is reported as ``FILE:LINE`` with its position."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark, as some Windows editors write
+            if not raw.strip():
+                continue
+            yield n, decode_json_line(raw, f"{path}:{n}")
+
+
+def decode_json_line(raw: bytes, where: str) -> Any:
+    """One line of bytes → its JSON value; ``where`` (``FILE:LINE``) starts any error."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: {_not_utf8(raw, e, e.start + 1)}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+
+
+def _not_utf8(data: bytes, e: UnicodeDecodeError, column: int) -> str:
+    return (f"not UTF-8 text: byte {data[e.start]:#04x} at byte {column} of the line "
+            f"({e.reason}); the file may be Latin-1 or cp1252, save it as UTF-8")
+
+
+def read_json_list(path: Path) -> list[tuple[str, Any]]:
+    """A .json file holding a list of rows → ``(FILE:LINE, row)``, the line where each row starts."""
+    data = path.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"{path}:{line}: {_not_utf8(data, e, column)}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(value, list):
+        raise DataError(f"{path}:1: expected a JSON list of rows, got {type(value).__name__}")
+    # the text is valid JSON: walk the list once more to learn the line where each row starts
+    decoder, out = json.JSONDecoder(), []
+    pos, line, counted = text.index("[") + 1, 1, 0
+    for _ in value:
+        while text[pos] in " \t\r\n,":
+            pos += 1
+        line += text.count("\n", counted, pos)
+        counted = pos
+        row, pos = decoder.raw_decode(text, pos)
+        out.append((f"{path}:{line}", row))
+    return out
+
+
+#: where a row's prompt is read, first present wins: rlvr / TRL, Search-R1, MATH, original MBPP
+PROMPT_FIELDS = ("messages", "prompt", "question", "problem", "text")
+#: fields that are the prompt in every layout, so never copied to ``Task.info``
+_PROMPT_ONLY = ("messages", "prompt", "question")
+
+
+def row_answer(row: dict) -> tuple[str, Any] | None:
+    """``(field, value)`` of a row's reference answer, first present wins: ``answer``,
+    ``golden_answers`` (Search-R1), ``solution`` (MATH), ``test`` when the row has an
+    ``entry_point`` (HumanEval; a bare ``test`` column means other things elsewhere), ``test_list``
+    (MBPP). None when the row has none of them."""
+    for key in ("answer", "golden_answers", "solution"):
+        if key in row:
+            return key, row[key]
+    if "test" in row and "entry_point" in row:
+        return "test", row["test"]
+    if "test_list" in row:
+        return "test_list", row["test_list"]
+    return None
+
+
+def row_to_task(row: dict, task_id: str, where: str = "") -> Task:
+    """One row → a :class:`Task`: the prompt from the first of :data:`PROMPT_FIELDS`, the answer
+    from :func:`row_answer`, every other field in ``info``. Fields the environments read stay in
+    ``info`` even when they are the answer (HumanEval's ``test`` and ``entry_point``, MBPP's
+    ``test_list`` and ``test_setup_code``, MATH's ``solution``, see ``environments/code.py``)."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object, got {type(row).__name__}")
+    source = next((k for k in PROMPT_FIELDS if row.get(k)), None)
+    if source is None:
+        raise DataError(f"{where}: no prompt: expected one of the fields "
+                        + ", ".join(repr(k) for k in PROMPT_FIELDS))
+    found = row_answer(row)
+    if found is None:
+        raise DataError(f"{where}: no answer: expected 'answer', 'golden_answers', 'solution' "
+                        f"(MATH), 'test' with 'entry_point' (HumanEval) or 'test_list' (MBPP)")
+    answer_key, answer = found
+    drop = {*_PROMPT_ONLY, source, "id"} | ({answer_key} & {"answer", "golden_answers"})
+    info = {k: v for k, v in row.items() if k not in drop}
+    try:
+        return Task(row[source], answer, info, id=task_id)
+    except (ValueError, TypeError) as e:
+        raise DataError(f"{where}: {e}") from None

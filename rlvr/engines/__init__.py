@@ -1,0 +1,1 @@
+"""Engines: token ids in, token ids and per-token logprobs out. The protocol (base), the transformers reference engine (hf) with its KV caches, the vLLM adapter (vllm, optional extra) and rollout servers over HTTP (server)."""

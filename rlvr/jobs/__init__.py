@@ -1,0 +1,1 @@
+"""Complete jobs built from the library."""

@@ -1,0 +1,1 @@
+"""The embedded default job (``rlvr train`` with no config): a seeded synthetic world (world), a scripted expert that writes demonstrations (expert), and the pipeline SFT -> GRPO with search -> evaluation (pipeline)."""

@@ -1,0 +1,178 @@
+"""Trajectories → padded tensors, and the per-token log-probabilities of a batch under a model.
+
+Every (B, T) tensor here is indexed by token position: column ``t`` describes token ``t`` of the
+sequence. ``token_logprobs(...)[b, t]`` is ``log p(token_t | tokens_<t)``, so it lines up with
+``loss_mask[b, t]`` (1 = token ``t`` was sampled by the policy) and with the behaviour
+``logprobs[b, t]`` the engine recorded when it sampled that token. Column 0 has no prediction
+and is 0; so are the prompt columns before the micro-batch's shortest prompt (never in a loss). Padding is on the right; padded positions have
+``attention_mask = 0`` and ``loss_mask = 0``.
+
+Used by every learner (GRPO, PPO, RLOO, REINFORCE, SFT, DPO, reward model)::
+
+    batch = collate(trajectories, pad_token_id=tok.pad_token_id, advantages=adv)
+    for mb in batch.split(micro_batch_size):
+        logprobs, entropy = token_logprobs(model, mb.to(device), temperature=1.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Optional, Sequence
+
+import torch
+
+from rlvr.core.types import Trajectory
+
+
+@dataclass
+class Batch:
+    """Padded tensors of B trajectories (right padding to the longest, T)."""
+
+    input_ids: torch.Tensor  # (B, T) long
+    attention_mask: torch.Tensor  # (B, T) long, 1 = real token
+    loss_mask: torch.Tensor  # (B, T) float, 1 = token sampled by the policy
+    logprobs: torch.Tensor  # (B, T) float, behaviour logprob of sampled tokens, 0 elsewhere
+    advantages: torch.Tensor  # (B, T) float, per-token advantage (0 where not given)
+    rewards: torch.Tensor  # (B,) float, trajectory reward
+    prompt_lens: torch.Tensor  # (B,) long
+    lengths: torch.Tensor  # (B,) long, real tokens per row
+    # Optional per-token tensors a learner attaches (same (B, T) layout), e.g. the reference
+    # model's logprobs, the critic's values and the GAE returns.
+    ref_logprobs: Optional[torch.Tensor] = None
+    old_logprobs: Optional[torch.Tensor] = None  # pi_old of the ratio (engine's or recomputed)
+    is_weights: Optional[torch.Tensor] = None  # train/inference mismatch correction weights
+    sampled_mask: Optional[torch.Tensor] = None  # tokens the engine sampled (loss_mask may add
+    # observations under the --no-mask ablation)
+    values: Optional[torch.Tensor] = None
+    returns: Optional[torch.Tensor] = None
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def _tensor_fields(self):
+        return [(f.name, getattr(self, f.name)) for f in fields(self)
+                if isinstance(getattr(self, f.name), torch.Tensor)]
+
+    def to(self, device) -> "Batch":
+        return replace(self, **{k: v.to(device) for k, v in self._tensor_fields()})
+
+    def select(self, index) -> "Batch":
+        """Rows ``index`` (a slice, list or index tensor), trimmed to their longest row."""
+        sub = replace(self, **{k: v[index] for k, v in self._tensor_fields()})
+        t = int(sub.lengths.max()) if len(sub) else 0
+        return replace(sub, **{k: v[:, :t] for k, v in sub._tensor_fields() if v.dim() == 2})
+
+    def split(self, size: int) -> list["Batch"]:
+        """Consecutive micro-batches of at most ``size`` rows."""
+        if size < 1:
+            raise ValueError(f"micro-batch size must be >= 1, got {size}")
+        return [self.select(slice(i, i + size)) for i in range(0, len(self), size)]
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens in the loss (``loss_mask`` sum)."""
+        return int(self.loss_mask.sum())
+
+
+def collate(trajectories: Sequence[Trajectory], pad_token_id: int,
+            advantages: torch.Tensor | Sequence | None = None) -> Batch:
+    """Pad trajectories into a :class:`Batch`.
+
+    ``advantages`` is one number per trajectory (B,) — broadcast over its sampled tokens — or one
+    per token ((B, T) tensor or a list of per-trajectory lists, each as long as its trajectory).
+    """
+    if not trajectories:
+        raise ValueError("cannot collate an empty list of trajectories")
+    B = len(trajectories)
+    lengths = torch.tensor([len(t) for t in trajectories], dtype=torch.long)
+    if int(lengths.min()) == 0:
+        i = int((lengths == 0).nonzero()[0])
+        raise ValueError(f"trajectory {i} ({trajectories[i].task_id}) has no tokens")
+    T = int(lengths.max())
+    input_ids = torch.full((B, T), pad_token_id, dtype=torch.long)
+    loss_mask = torch.zeros((B, T))
+    logprobs = torch.zeros((B, T))
+    for i, t in enumerate(trajectories):  # one copy per trajectory, not per token
+        n = len(t)
+        input_ids[i, :n] = torch.tensor(t.token_ids, dtype=torch.long)
+        loss_mask[i, :n] = torch.tensor(t.loss_mask, dtype=torch.float32)
+        logprobs[i, :n] = torch.tensor(t.logprobs, dtype=torch.float32)
+    attention_mask = (torch.arange(T)[None, :] < lengths[:, None]).long()  # (B, T)
+    adv = torch.zeros((B, T))
+    if advantages is not None:
+        if isinstance(advantages, torch.Tensor) and advantages.dim() == 2:
+            if advantages.shape[0] != B:
+                raise ValueError(f"advantages has {advantages.shape[0]} rows for {B} trajectories")
+            w = min(T, advantages.shape[1])
+            adv[:, :w] = advantages[:, :w].float()
+        elif isinstance(advantages, torch.Tensor) or (len(advantages) and not hasattr(advantages[0], "__len__")):
+            a = torch.as_tensor(advantages, dtype=torch.float32).reshape(-1)
+            if a.numel() != B:
+                raise ValueError(f"{a.numel()} advantages for {B} trajectories")
+            adv = a[:, None] * loss_mask
+        else:
+            if len(advantages) != B:
+                raise ValueError(f"{len(advantages)} advantage rows for {B} trajectories")
+            for i, row in enumerate(advantages):
+                if len(row) != lengths[i]:
+                    raise ValueError(f"trajectory {i}: {len(row)} advantages for {int(lengths[i])} tokens")
+                adv[i, : len(row)] = torch.as_tensor(row, dtype=torch.float32)
+    return Batch(
+        input_ids=input_ids, attention_mask=attention_mask, loss_mask=loss_mask, logprobs=logprobs,
+        advantages=adv, rewards=torch.tensor([float(t.reward) for t in trajectories]),
+        prompt_lens=torch.tensor([t.prompt_len for t in trajectories], dtype=torch.long),
+        lengths=lengths)
+
+
+def token_logprobs(model, batch: Batch, temperature: float = 1.0, *, with_entropy: bool = True,
+                   entropy_grad: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Per-token log-probabilities (B, T) of each token given its prefix, and entropies (B, T).
+
+    ``out[b, t] = log_softmax(logits[b, t-1] / temperature)[input_ids[b, t]]``; the entropy at
+    ``t`` is that of the same distribution (the one token ``t`` was drawn from). Temperature 0
+    (greedy sampling) is treated as 1, as the engine records it. Computed in float32 whatever the
+    model dtype, with one gather and one logsumexp (no full log-softmax, no loop over tokens).
+
+    Only columns from :func:`first_scored_column` on are computed (the micro-batch's shortest
+    prompt, or an earlier ``loss_mask`` token): the model's head runs on those positions only
+    (``logits_to_keep``), and columns before are 0 — at T = 2048 with a 152k vocabulary every
+    skipped prompt position saves a 600 kB row of fp32 logits per sequence. ``entropy_grad=False``
+    (the entropy is only a diagnostic, ``rl.entropy_coef == 0``) computes it without autograd,
+    one sequence at a time, instead of keeping a (B, T, V) graph for it.
+    """
+    from rlvr.engines.hf import forward_kwargs
+
+    T = batch.input_ids.shape[1]
+    start = first_scored_column(batch)
+    kw = {}
+    keep_kw = forward_kwargs(model)[1] if start > 1 else None
+    if keep_kw:
+        kw[keep_kw] = T - start + 1  # positions start-1 .. T-1; the last predicts nothing
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, **kw)
+    logits = out.logits[:, out.logits.shape[1] - (T - start + 1):-1].float()  # (B, T-start, V)
+    if temperature and temperature != 1.0:
+        logits = logits / temperature
+    targets = batch.input_ids[:, start:]  # (B, T-start)
+    lse = torch.logsumexp(logits, dim=-1)  # (B, T-start)
+    lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse  # (B, T-start)
+    logprobs = torch.nn.functional.pad(lp, (start, 0))  # (B, T), aligned with loss_mask
+    if not with_entropy:
+        return logprobs, None
+    if entropy_grad:
+        ent = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # H = logsumexp(z) - sum p z
+    else:
+        with torch.no_grad():
+            ent = torch.stack([lse[b] - (torch.softmax(logits[b], dim=-1) * logits[b]).sum(-1)
+                               for b in range(logits.shape[0])]) if logits.shape[0] else lse.detach()
+    return logprobs, torch.nn.functional.pad(ent, (start, 0))  # (B, T)
+
+
+def first_scored_column(batch: Batch) -> int:
+    """The first column :func:`token_logprobs` computes: the shortest prompt of the batch, or the
+    first column holding a ``loss_mask`` token if that comes earlier; at least 1 (column 0 has no
+    prediction). Every token a loss or a KL can read lies at or after it."""
+    start = int(batch.prompt_lens.min()) if len(batch) else 1
+    cols = (batch.loss_mask > 0).any(0).nonzero()
+    if len(cols):
+        start = min(start, int(cols[0]))
+    return max(1, min(start, batch.input_ids.shape[1] - 1))

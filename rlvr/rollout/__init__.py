@@ -1,0 +1,1 @@
+"""The episode loop (episodes): batched, multi-turn, token-exact rollouts with the loss mask written where tokens are appended; rollout logs, per-phase episode errors and rejection sampling built on it."""
