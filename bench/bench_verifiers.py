@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
 
-    from rlvr.rewards.scoring import VerifierPool, verify, verify_batch
+    from rlvr.core.scoring import VerifierPool, verify, verify_batch
     from rlvr.verifiers.math import check_math
 
     m, q = math_items(args.n), qa_items(args.n)

@@ -8,7 +8,7 @@
     ...        until the last user turn is answered without calls
 
 A task carries its BFCL test in ``info["entry"]`` (:func:`tasks_from_entries` builds them from
-:func:`rlvr.eval.bfcl_multi_turn.load_entries`). ``reset`` sets up a :class:`rlvr.eval.bfcl_multi_turn.World`
+:func:`rlvr.environments.bfcl_executor.load_entries`). ``reset`` sets up a :class:`rlvr.environments.bfcl_executor.World`
 from the test's ``initial_config`` and shows every function doc of its involved classes as a tool
 backed by ``World.call``: calls act on the world's API instances and their result text (errors
 included, as BFCL words them) goes back as tool messages. The next user turn is appended through
@@ -17,7 +17,7 @@ trajectory stays token-exact; :meth:`BfclMultiTurnEnv.bind_tokenizer` checks onc
 template is prefix-preserving for an assistant → user step too.
 
 Every user turn's calls are recorded in order, and the episode's score is
-:func:`rlvr.eval.bfcl_multi_turn.check` of them: BFCL's per-turn state and response checks. As in
+:func:`rlvr.environments.bfcl_executor.check` of them: BFCL's per-turn state and response checks. As in
 BFCL's inference loop, more than ``max_steps_per_turn`` (its ``MAXIMUM_STEP_LIMIT``, 20) steps
 with calls in one user turn force the conversation to quit; its later user turns then have no
 calls, so the check fails it (BFCL's "force_terminated"). An episode the episode loop cuts short
@@ -31,10 +31,11 @@ from typing import Any
 
 import rlvr
 from rlvr.core.environment import StepResult
-from rlvr.environments.chat_delta import ChatRenderer
-from rlvr.environments.tool_parsers import get_parser
-from rlvr.environments.tools import _PROBE_TOOL, TokenStepResult, Tool, ToolsEnv, normalize_schema
 from rlvr.core.types import Score, Task
+from rlvr.environments.bfcl_executor import World, check, function_docs
+from rlvr.environments.chat_delta import ChatRenderer
+from rlvr.environments.tools import _PROBE_TOOL, TokenStepResult, Tool, ToolsEnv, normalize_schema
+from rlvr.verifiers.tool_parsers import get_parser
 
 #: BFCL's ``MAXIMUM_STEP_LIMIT`` (bfcl_eval.constants.default_prompts), not imported so that the
 #: environment's settings can be read without bfcl-eval installed
@@ -92,8 +93,6 @@ class BfclMultiTurnEnv(ToolsEnv):
         _USER_CHECKED[key] = True
 
     def reset(self, task: Task) -> str:
-        from rlvr.eval.bfcl_multi_turn import World, function_docs
-
         entry = task.info.get("entry")
         if not isinstance(entry, dict) or not entry.get("question"):
             raise ValueError(f"task {task.id}: the bfcl_multi_turn environment needs the BFCL "
@@ -125,7 +124,7 @@ class BfclMultiTurnEnv(ToolsEnv):
             self.steps_in_turn += 1
             if self.steps_in_turn > self.max_steps_per_turn:
                 self.forced_quit_turn = len(self.turn_calls) - 1
-                return StepResult(done=True, tool_call=result.tool_call, info=result.info)
+                return StepResult(done=True, tool_call=result.tool_call)
             return result
         self.turns += 1
         history = list(self.messages)
@@ -141,8 +140,6 @@ class BfclMultiTurnEnv(ToolsEnv):
         return TokenStepResult(observation=self.tokenizer.decode(ids), observation_ids=ids)
 
     def score(self, completion: str, task: Task) -> Score:
-        from rlvr.eval.bfcl_multi_turn import check
-
         score = check(self.turn_calls, self.entry, self.tool_timeout_s)
         if self.forced_quit_turn is not None and not score.correct:
             score = replace(score, reason=f"forced to quit after {self.max_steps_per_turn} steps "

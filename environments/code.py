@@ -35,7 +35,10 @@ from typing import Any
 
 import rlvr
 from rlvr.core.environment import Environment, StepResult
+from rlvr.core.scoring import combine
 from rlvr.core.types import Score, Task, ToolCall
+from rlvr.verifiers.code import extract_code, run_tests
+from rlvr.verifiers.sandbox import SandboxUnavailable, get_backend
 
 #: The user message of a HumanEval task: its function header, fenced, to be completed.
 HUMANEVAL_TEMPLATE = "Complete the following Python function.\n\n```python\n{header}```"
@@ -85,8 +88,6 @@ def code_prompt(task: Task) -> str | list[dict[str, str]]:
 def check_sandbox(env_name: str) -> None:
     """The process-wide sandbox backend (the one the ``code`` verifier uses) must run a probe
     program; a ValueError saying why, and how to look closer, if not. Once per backend."""
-    from rlvr.verifiers.sandbox import SandboxUnavailable, get_backend
-
     try:
         backend = get_backend()
         if id(backend) in _SANDBOX_WORKS:
@@ -128,8 +129,6 @@ class CodeEnv(Environment):
         return prompt
 
     def score(self, completion: str, task: Task) -> Score:
-        from rlvr.rewards.scoring import combine
-
         tests, info = code_reference(task)
         return combine(self.verifiers, completion, tests, **info)
 
@@ -156,8 +155,6 @@ class CodeMultiTurnEnv(CodeEnv):
         self.last_pass_rate = 0.0
 
     def step(self, action: str) -> StepResult:
-        from rlvr.verifiers.code import extract_code
-
         tail = action.rstrip()
         body = tail[: tail.rfind("<")] if tail.endswith(("</run>", "</submit>")) else tail
         for tag in ("<run>", "<submit>"):
@@ -174,8 +171,6 @@ class CodeMultiTurnEnv(CodeEnv):
         return StepResult(observation=f"<feedback>{text}</feedback>", done=done, tool_call=call)
 
     def _feedback(self, code: str) -> tuple[str, ToolCall]:
-        from rlvr.verifiers.code import run_tests
-
         task = self.task
         if not code.strip():
             self.failed_runs += 1
@@ -200,8 +195,6 @@ class CodeMultiTurnEnv(CodeEnv):
 
     def score(self, completion: str, task: Task) -> Score:
         """The ``code`` verifier on the final code (or, with no turn ended by a tag, the reply)."""
-        from rlvr.rewards.scoring import combine
-
         text = completion if self.code is None else f"```python\n{self.code}\n```"
         tests, info = code_reference(task)
         info.pop("public_tests", None)

@@ -27,6 +27,7 @@ from typing import Any
 
 import rlvr
 from rlvr.core.environment import Environment
+from rlvr.core.scoring import combine
 from rlvr.core.types import Score, Task
 from rlvr.verifiers.extract import final_math_answer, gsm8k_answer, last_boxed
 
@@ -80,8 +81,6 @@ class MathEnv(Environment):
         return super().reset(task)
 
     def score(self, completion: str, task: Task) -> Score:
-        from rlvr.rewards.scoring import combine
-
         s = combine(self.verifiers, completion, reference_answer(task), **task.info)
         if not self.format_weight:
             return s

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from rlvr.data.tasks import read_located_rows
 from rlvr.core.types import Task
+from rlvr.data.rows import read_located_rows
 from rlvr.verifiers.qa import normalize_answer
 
 #: The FlashRAG collection on the Hugging Face hub: one folder per dataset, ``<split>.jsonl`` inside.
@@ -105,7 +105,7 @@ def rows_to_tasks(rows: Iterable[Any], dataset: str, where: str, limit: int = 0)
 
 
 def located_rows_to_tasks(rows: Iterable[tuple[str, Any]], dataset: str, limit: int = 0) -> list[Task]:
-    """``(FILE:LINE, row)`` pairs (:func:`rlvr.data.tasks.read_located_rows`) → tasks; the first bad row
+    """``(FILE:LINE, row)`` pairs (:func:`rlvr.data.rows.read_located_rows`) → tasks; the first bad row
     raises, its message starting with its ``FILE:LINE``."""
     tasks = []
     for i, (at, row) in enumerate(rows):

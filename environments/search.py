@@ -46,6 +46,8 @@ from typing import Any
 import rlvr
 from rlvr.core.environment import Environment, StepResult
 from rlvr.core.types import Score, Task, ToolCall
+from rlvr.retrieval.base import format_passages, load_index
+from rlvr.retrieval.client import RetrievalClient
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +133,6 @@ def shared_index(index_dir: str | Path) -> Any:
             if not Path(key).is_dir():
                 raise FileNotFoundError(f"search index directory {index_dir} does not exist "
                                         f"(build one with `rlvr index build`)")
-            from rlvr.retrieval.base import load_index
 
             _INDEXES[key] = load_index(key)
         return _INDEXES[key]
@@ -141,8 +142,6 @@ def shared_client(url: str) -> Any:
     """One :class:`rlvr.retrieval.RetrievalClient` per server URL, shared."""
     with _LOCK:
         if url not in _CLIENTS:
-            from rlvr.retrieval.client import RetrievalClient
-
             _CLIENTS[url] = RetrievalClient(url)
         return _CLIENTS[url]
 
@@ -166,8 +165,6 @@ def resolve_retriever(index: Any = None, index_dir: str | None = None,
 def check_retriever_url(url: str, env_name: str = "search") -> None:
     """One probe search (``/retrieve``, which Search-R1's own server has too) with a short timeout;
     a ValueError naming the URL and the setting when the server does not answer it."""
-    from rlvr.retrieval.client import RetrievalClient
-
     try:
         with RetrievalClient(url, timeout_s=PREFLIGHT_TIMEOUT_S, retries=0) as client:
             client.search(["retrieval preflight probe"], 1)
@@ -178,8 +175,6 @@ def check_retriever_url(url: str, env_name: str = "search") -> None:
 
 
 def format_hits(hits: list) -> str:
-    from rlvr.retrieval.base import format_passages
-
     return format_passages(hits)
 
 
@@ -333,8 +328,7 @@ class SearchEnv(_QAEnv):
                     envs[i].retrieval_errors += 1
                     results[i] = StepResult(
                         observation=information_block(f"Search failed ({message}). No documents."),
-                        tool_call=ToolCall("search", q, valid=True, error=message),
-                        info={"retrieval_error": message})
+                        tool_call=ToolCall("search", q, valid=True, error=message))
                 continue
             for (i, q), block in zip(items, blocks):
                 results[i] = StepResult(observation=information_block(block),

@@ -12,7 +12,7 @@ or ``"module:attr"`` import paths, given as the ``tools`` setting; a task may de
 without an implementation are shown to the model but not run: a turn that calls one ends the
 episode, its calls being the answer (BFCL's single-turn categories).
 
-Calls are read from the turn by a parser of :mod:`rlvr.environments.tool_parsers` (``auto`` by
+Calls are read from the turn by a parser of :mod:`rlvr.verifiers.tool_parsers` (``auto`` by
 default), several per turn. Each runs in a thread with ``tool_timeout_s``; an unknown tool, bad
 arguments, an exception or a timeout becomes an error message to the model, never a crash. The
 results are appended as ``role: "tool"`` messages through the template
@@ -37,9 +37,10 @@ from typing import Any, Callable, ClassVar
 
 import rlvr
 from rlvr.core.environment import Environment, StepResult
-from rlvr.environments.chat_delta import ChatRenderer, render_tool_message
-from rlvr.environments.tool_parsers import ParsedCall, format_for_template, get_parser
+from rlvr.core.scoring import combine
 from rlvr.core.types import Task, ToolCall, Trajectory
+from rlvr.environments.chat_delta import ChatRenderer, render_tool_message
+from rlvr.verifiers.tool_parsers import ParsedCall, format_for_template, get_parser
 
 
 @dataclass
@@ -315,7 +316,7 @@ class ToolsEnv(Environment):
         self.messages += [{"role": "assistant", "content": action}, *results]
         ids = self.renderer.observation_ids(history, action, results)
         return TokenStepResult(observation=self.tokenizer.decode(ids), observation_ids=ids,
-                               tool_call=records[0], info={"tool_calls": records})
+                               tool_call=records[0])
 
     def _run(self, call: ParsedCall, index: int) -> tuple[str, str | None]:
         if call.error is not None:
@@ -332,8 +333,6 @@ class ToolsEnv(Environment):
         return text, err
 
     def score(self, completion: str, task: Task):
-        from rlvr.rewards.scoring import combine
-
         info = {"parser": self.parser, **task.info}
         return combine(self.verifiers, completion, task.answer, **info)
 

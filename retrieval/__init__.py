@@ -6,23 +6,24 @@
     hits = load_index("idx/").search(["who wrote hamlet"], k=3)   # list[list[Hit]]
     print(format_passages(hits[0]))
 
-Heavy pieces (faiss, torch, fastapi, httpx) load only when the class that needs them is used.
+Heavy pieces (faiss, torch, bm25s, fastapi, httpx) load only when the class that needs them is used.
 """
 
-from rlvr.retrieval.base import (Hit, Index, RetrievalError, Retriever, format_passages,
-                                 load_index)
+from rlvr.retrieval.base import Hit, Index, RetrievalError, Retriever, format_passages, load_index
+# The index kinds register themselves with Index on import, for load_index (numpy only at import:
+# bm25s, faiss and the encoders' weights load when an index is built or loaded).
+from rlvr.retrieval.bm25 import BM25Index
 from rlvr.retrieval.corpus import CorpusError, Passage, PassageStore, read_corpus
+from rlvr.retrieval.dense import DenseIndex
+from rlvr.retrieval.hybrid import HybridIndex, rrf_fuse
 
-_LAZY = {
-    "BM25Index": "rlvr.retrieval.bm25",
-    "DenseIndex": "rlvr.retrieval.dense",
-    "HybridIndex": "rlvr.retrieval.hybrid",
-    "rrf_fuse": "rlvr.retrieval.hybrid",
+_LAZY = {  # fastapi and httpx: loaded when the server or client is used
     "RetrievalClient": "rlvr.retrieval.client",
     "create_app": "rlvr.retrieval.server",
 }
 
 __all__ = ["Hit", "Index", "RetrievalError", "Retriever", "format_passages", "load_index",
+           "BM25Index", "DenseIndex", "HybridIndex", "rrf_fuse",
            "CorpusError", "Passage", "PassageStore", "read_corpus", *_LAZY]
 
 

@@ -137,10 +137,7 @@ def read_meta(directory: str | os.PathLike) -> dict:
 
 def load_index(directory: str | os.PathLike) -> Index:
     """Load any saved index, dispatching on the ``kind`` in its ``index.json``."""
-    # the kinds register themselves on import; import them here, not at package import, because
-    # dense pulls in torch/faiss lazily only when actually used
-    from rlvr.retrieval import bm25, dense, hybrid  # noqa: F401
-
+    # the kinds register themselves when the package imports them (rlvr/retrieval/__init__.py)
     kind = read_meta(directory)["kind"]
     if kind not in Index._kinds:
         raise ValueError(f"{directory}: unknown index kind {kind!r}; known: "

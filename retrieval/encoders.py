@@ -26,6 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
+from rlvr.core.models import build_tiny_tokenizer
+
 E5_QUERY, E5_PASSAGE = "query: ", "passage: "
 
 
@@ -154,7 +156,6 @@ def save_tiny_encoder(out_dir: str | os.PathLike, seed: int = 0, hidden_size: in
     import torch
     from transformers import BertConfig, BertModel
 
-    from rlvr.core.models import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=1,

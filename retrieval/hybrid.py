@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from rlvr.retrieval.base import Hit, Index, check_queries, read_meta, write_meta
+from rlvr.retrieval.base import Hit, Index, check_queries, load_index, read_meta, write_meta
 
 
 def rrf_fuse(rankings: Sequence[list[Hit]], k: int, *, weights: Sequence[float] | None = None,
@@ -76,8 +76,6 @@ class HybridIndex(Index):
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "HybridIndex":
-        from rlvr.retrieval.base import load_index
-
         directory = Path(directory)
         s = read_meta(directory).get("settings", {})
         n = len(s.get("parts", []))

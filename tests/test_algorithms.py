@@ -7,16 +7,18 @@ import math
 
 import pytest
 import torch
+from helpers.grads import record_gradients
 
 from rlvr.algorithms.advantages import overlong_penalty, reinforce_pp_advantages
 from rlvr.algorithms.base import resolve_settings
-from rlvr.learners.batch import collate
-from rlvr.learners import common, onpolicy
 from rlvr.algorithms.losses import aggregate, cispo_policy_loss, gspo_policy_loss, mismatch_weights
 from rlvr.core.registry import ALGORITHMS
 from rlvr.core.types import Task, Trajectory
+from rlvr.learners import common, onpolicy
+from rlvr.learners.batch import collate
+from rlvr.learners.dispatch import learner_for
+
 from conftest import tiny_learner_config
-from helpers.grads import record_gradients
 
 ON_POLICY = ["grpo", "dapo", "gspo", "cispo", "rloo", "reinforce", "reinforce_pp", "ppo"]
 TASKS = [Task("1 + 1", ["2"], id="unused")]
@@ -181,7 +183,7 @@ def _last_gradient(tmp_path, tokenizer, monkeypatch, algorithm, tag, **rl):
     cfg = _cfg(tmp_path / tag, algorithm, **rl)
     cfg.optim.lr = 0.05  # step 1 moves the policy away from the reference, so step 2 has a KL
     with record_gradients() as grads:
-        ALGORITHMS.get(algorithm)(cfg, model=_model(tokenizer), tokenizer=tokenizer, tasks=TASKS)
+        learner_for(algorithm)(cfg, model=_model(tokenizer), tokenizer=tokenizer, tasks=TASKS)
     return grads[-1], _rows(cfg)
 
 
@@ -214,7 +216,7 @@ def test_groups_come_from_group_id_not_list_order(tmp_path, tiny_tokenizer, monk
     _fake_rollout(monkeypatch, interleaved)
     cfg = _cfg(tmp_path, "rloo")
     cfg.run.steps = 1
-    ALGORITHMS.get("rloo")(cfg, model=_model(tiny_tokenizer), tokenizer=tiny_tokenizer, tasks=TASKS)
+    learner_for("rloo")(cfg, model=_model(tiny_tokenizer), tokenizer=tiny_tokenizer, tasks=TASKS)
     # a = [1, 0] → ±1, b = [5, 3] → ±2 (leave-one-out: r_i - r_other); order a, a, b, b
     assert seen["adv"] == pytest.approx([1.0, -1.0, 2.0, -2.0])
     with pytest.raises(ValueError, match="groups must hold rollout.samples_per_prompt = 2"):
@@ -232,7 +234,7 @@ def test_dynamic_sampling_redraws_until_the_batch_has_signal(tmp_path, tiny_toke
     calls = _fake_rollout(monkeypatch, make)
     cfg = _cfg(tmp_path, "dapo")
     cfg.run.steps = 1
-    ALGORITHMS.get("dapo")(cfg, model=_model(tiny_tokenizer), tokenizer=tiny_tokenizer, tasks=TASKS)
+    learner_for("dapo")(cfg, model=_model(tiny_tokenizer), tokenizer=tiny_tokenizer, tasks=TASKS)
     [row] = _rows(cfg)
     assert calls == [(1, 0), (1, 1)]  # one re-draw filled the 2 groups
     assert row["train/sampling_attempts"] == 2 and row["train/trajectories_used"] == 4
@@ -244,7 +246,7 @@ def test_recomputed_old_logprobs_measure_and_correct_the_engine_gap(tmp_path, ti
     _fake_rollout(monkeypatch, _varied, offset=0.1)
     cfg = _cfg(tmp_path, "grpo", old_logprobs="recompute", is_correction="tis", is_cap=2.0)
     cfg.run.steps = 1
-    ALGORITHMS.get("grpo")(cfg, model=_model(tiny_tokenizer), tokenizer=tiny_tokenizer, tasks=TASKS)
+    learner_for("grpo")(cfg, model=_model(tiny_tokenizer), tokenizer=tiny_tokenizer, tasks=TASKS)
     [row] = _rows(cfg)
     assert row["train/logprob_gap"] == pytest.approx(0.1, abs=1e-4)
     assert row["train/is_weight"] == pytest.approx(math.exp(-0.1), abs=1e-4)
@@ -261,7 +263,7 @@ def test_a_step_where_every_episode_failed_stops_the_run(tmp_path, tiny_tokenize
     _fake_rollout(monkeypatch, broken)
     cfg = _cfg(tmp_path, "grpo")
     with pytest.raises(RuntimeError, match="step 1: all 4 episodes failed.*max_total_tokens"):
-        ALGORITHMS.get("grpo")(cfg, model=_model(tiny_tokenizer), tokenizer=tiny_tokenizer, tasks=TASKS)
+        learner_for("grpo")(cfg, model=_model(tiny_tokenizer), tokenizer=tiny_tokenizer, tasks=TASKS)
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "gspo", "cispo", "reinforce_pp"])
@@ -297,7 +299,7 @@ def test_bf16_keeps_the_small_updates_fp32_makes(tmp_path, tiny_tokenizer):
         cfg.run.steps, cfg.optim.lr, cfg.model.dtype = 1, 1e-6, dtype
         model = _model(tiny_tokenizer)
         before = [p.detach().clone() for p in model.parameters()]
-        ALGORITHMS.get("grpo")(cfg, model=model, tokenizer=tiny_tokenizer, tasks=load_tasks("calculator", 4))
+        learner_for("grpo")(cfg, model=model, tokenizer=tiny_tokenizer, tasks=load_tasks("calculator", 4))
         diff = [(a != b.detach()).float() for a, b in zip(before, model.parameters())]
         changed[dtype] = float(sum(d.sum() for d in diff) / sum(d.numel() for d in diff))
         assert {p.dtype for p in model.parameters()} == {torch.float32}
@@ -318,10 +320,10 @@ def test_a_weight_push_that_never_reaches_the_engine_stops_the_run(tmp_path, tin
     disagrees after the first update and the run stops, naming the gap."""
     import copy
 
-    import rlvr.engines.hf
+    import rlvr.learners.common
     from rlvr.data.tasks import load_tasks
 
-    real = rlvr.engines.hf.HFEngine
+    real = rlvr.learners.common.HFEngine
 
     class SeparateCopy(real):
         def __init__(self, model, tokenizer, **kw):
@@ -331,10 +333,10 @@ def test_a_weight_push_that_never_reaches_the_engine_stops_the_run(tmp_path, tin
             if push_arrives:
                 self.model.load_state_dict(model_or_state_dict.state_dict())
 
-    monkeypatch.setattr(rlvr.engines.hf, "HFEngine", SeparateCopy)
+    monkeypatch.setattr(rlvr.learners.common, "HFEngine", SeparateCopy)  # the engine setup builds
     cfg = _cfg(tmp_path, "grpo", entropy_coef=0.1)
     cfg.optim.lr = 0.05  # one step moves the logprobs well past the tolerance
-    run = lambda: ALGORITHMS.get("grpo")(cfg, model=_model(tiny_tokenizer), tokenizer=tiny_tokenizer,
+    run = lambda: learner_for("grpo")(cfg, model=_model(tiny_tokenizer), tokenizer=tiny_tokenizer,
                                          tasks=load_tasks("calculator", 4))
     if push_arrives:
         assert run()["final"]["train/optimizer_steps"] == 1

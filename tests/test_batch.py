@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from rlvr.learners.batch import collate, token_logprobs
 from rlvr.core.types import Trajectory
+from rlvr.learners.batch import collate, token_logprobs
 
 
 def _traj(prompt, sampled, obs=(), more=(), reward=0.0):
@@ -21,26 +21,17 @@ def _traj(prompt, sampled, obs=(), more=(), reward=0.0):
 def test_collate_pads_right_and_keeps_masks():
     a = _traj([5, 6], [7, 8], obs=[9], more=[10], reward=1.0)  # 6 tokens
     b = _traj([5], [7], reward=0.0)  # 2 tokens
-    batch = collate([a, b], pad_token_id=0, advantages=[2.0, -1.0])
+    batch = collate([a, b], pad_token_id=0)
     assert batch.input_ids.tolist() == [[5, 6, 7, 8, 9, 10], [5, 7, 0, 0, 0, 0]]
     assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]]
     assert batch.loss_mask.tolist() == [[0, 0, 1, 1, 0, 1], [0, 1, 0, 0, 0, 0]]
     assert batch.logprobs.tolist() == [[0, 0, -0.5, -0.5, 0, -0.25], [0, -0.5, 0, 0, 0, 0]]
-    # a scalar advantage is broadcast over sampled tokens only
-    assert batch.advantages.tolist() == [[0, 0, 2, 2, 0, 2], [0, -1, 0, 0, 0, 0]]
+    assert batch.advantages.tolist() == [[0] * 6, [0] * 6]  # the learner fills them in
     assert batch.rewards.tolist() == [1.0, 0.0]
     assert batch.num_tokens == 4
     # micro-batches are trimmed to their own longest row
     parts = batch.split(1)
     assert [p.input_ids.shape for p in parts] == [(1, 6), (1, 2)]
-
-
-def test_collate_rejects_bad_advantages():
-    a = _traj([5], [7])
-    with pytest.raises(ValueError, match="advantages"):
-        collate([a], pad_token_id=0, advantages=[1.0, 2.0])
-    with pytest.raises(ValueError, match="2 advantages for 3 tokens"):
-        collate([_traj([5], [7, 8])], pad_token_id=0, advantages=[[1.0, 2.0]])
 
 
 def test_token_logprobs_match_manual_and_ignore_padding(tiny_model):

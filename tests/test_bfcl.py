@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from rlvr.rewards.scoring import verify
+from rlvr.core.scoring import verify
 from rlvr.verifiers.bfcl import bfcl, oracle_calls, standardize, unsatisfiable
 
 FACTORIAL = {"name": "math.factorial", "description": "n!", "parameters": {
@@ -152,10 +152,8 @@ def test_eval_reports_accuracy_per_category(tmp_path, monkeypatch):
     test with its ground truth (all correct) except irrelevance, where it calls a function."""
     import argparse
 
-    import rlvr.engines.base
-    import rlvr.core.models
-    from rlvr.eval import bfcl as bfcl_eval
     from rlvr.core.models import build_tiny_tokenizer
+    from rlvr.eval import bfcl as bfcl_eval
     from rlvr.testing import ScriptedEngine
 
     tasks = {c: _tasks(c)[:3] for c in ("simple_python", "parallel", "irrelevance")}
@@ -168,8 +166,8 @@ def test_eval_reports_accuracy_per_category(tmp_path, monkeypatch):
             return _hermes([{"name": task.info["functions"][0]["name"], "arguments": {}}])
         return _hermes(oracle_calls(task.answer, task.info["functions"]))
 
-    monkeypatch.setattr(rlvr.core.models, "load_policy", lambda *a, **k: (None, tok))
-    monkeypatch.setattr(rlvr.engines.base, "make_engine", lambda *a, **k: ScriptedEngine(tok, policy))
+    monkeypatch.setattr(bfcl_eval, "load_policy", lambda *a, **k: (None, tok))
+    monkeypatch.setattr(bfcl_eval, "make_engine", lambda *a, **k: ScriptedEngine(tok, policy))
     args = argparse.Namespace(
         model="scripted", data="simple_python,parallel,irrelevance", limit=3, index=None,
         retriever=None, output_dir=str(tmp_path), batch_size=2, max_new_tokens=2000,

@@ -12,8 +12,8 @@ if importlib.util.find_spec("bfcl_eval") is None:
     pytest.skip("bfcl_eval is not installed (pip install --no-deps bfcl-eval)",
                 allow_module_level=True)
 
-from rlvr.eval.bfcl_multi_turn import (World, check, function_docs, load_entries,  # noqa: E402
-                                  missing_results, parse_call)
+from rlvr.environments.bfcl_executor import (World, check, function_docs,  # noqa: E402
+                                             load_entries, missing_results, parse_call)
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,18 @@ import sys
 
 import pytest
 
+from rlvr.core.config import RolloutConfig  # noqa: E402
+from rlvr.core.models import build_tiny_tokenizer  # noqa: E402
+from rlvr.environments.bfcl_executor import World, load_entries, parse_call  # noqa: E402
+from rlvr.environments.bfcl_multi_turn import BfclMultiTurnEnv, tasks_from_entries  # noqa: E402
+from rlvr.environments.chat_delta import ChatRenderer  # noqa: E402
+from rlvr.rollout.episodes import collect  # noqa: E402
+from rlvr.testing import ScriptedEngine  # noqa: E402
+
 if importlib.util.find_spec("bfcl_eval") is None:
     pytest.skip("bfcl_eval is not installed (pip install --no-deps bfcl-eval)",
                 allow_module_level=True)
 
-from rlvr.eval.bfcl_multi_turn import World, load_entries, parse_call  # noqa: E402
-from rlvr.core.config import RolloutConfig  # noqa: E402
-from rlvr.environments.bfcl_multi_turn import BfclMultiTurnEnv, tasks_from_entries  # noqa: E402
-from rlvr.environments.chat_delta import ChatRenderer  # noqa: E402
-from rlvr.core.models import build_tiny_tokenizer  # noqa: E402
-from rlvr.rollout.episodes import collect  # noqa: E402
-from rlvr.testing import ScriptedEngine  # noqa: E402
 
 EOT = "<|im_end|>"
 
@@ -157,12 +158,10 @@ def test_a_task_without_its_bfcl_test_fails_naming_the_field(tok):
 def test_run_bfcl_reports_multi_turn_accuracy(tmp_path, monkeypatch, tok, entries):
     import argparse
 
-    import rlvr.engines.base
-    import rlvr.core.models
     from rlvr.eval import bfcl as bfcl_eval
 
-    monkeypatch.setattr(rlvr.core.models, "load_policy", lambda *a, **k: (None, tok))
-    monkeypatch.setattr(rlvr.engines.base, "make_engine",
+    monkeypatch.setattr(bfcl_eval, "load_policy", lambda *a, **k: (None, tok))
+    monkeypatch.setattr(bfcl_eval, "make_engine",
                         lambda *a, **k: ScriptedEngine(tok, ground_truth_policy(entries)))
     args = argparse.Namespace(
         model="scripted", data="multi_turn_base", limit=2, index=None, retriever=None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlvr.rewards.scoring import verify
+from rlvr.core.scoring import verify
 from rlvr.verifiers.code import extract_code, parse_tests, same_output
 
 ADD_IO = [{"input": "1 2\n", "output": "3\n"}, {"input": "5 5", "output": "10"},
@@ -164,7 +164,7 @@ def test_humaneval_canonical_solutions_pass_and_wrong_fails():
 def test_through_the_scoring_process_pool():
     # verify_batch forks scoring workers after this process already used its sandbox pool: each
     # worker must build its own (a forked thread pool has no threads and would hang)
-    from rlvr.rewards.scoring import verify_batch
+    from rlvr.core.scoring import verify_batch
 
     assert verify("code", ADD_PROG, ADD_IO[:1]).correct  # the parent's pool is now live
     items = [(ADD_PROG, ADD_IO), ("print(0)", ADD_IO)]

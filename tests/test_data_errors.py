@@ -7,9 +7,10 @@ import logging
 
 import pytest
 
-from rlvr.data.tasks import DataError, load_tasks, read_located_rows
-from rlvr.environments.qa_data import load_qa
 from rlvr.data.preferences import load_rows
+from rlvr.data.rows import DataError, read_located_rows
+from rlvr.data.tasks import load_tasks
+from rlvr.environments.qa_data import load_qa
 
 LATIN1 = b'{"prompt": "caf\xe9?", "answer": "x"}\n'  # "café" written as Latin-1: byte 0xe9
 GOOD = b'{"prompt": "q", "answer": "a"}\n'

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from rlvr.data.tasks import DataError, load_tasks, row_to_task
+from rlvr.data.rows import DataError
+from rlvr.data.tasks import load_tasks, row_to_task
 
 HUMANEVAL_IDS = ("HumanEval/53", "HumanEval/23", "HumanEval/45")
 

@@ -12,13 +12,13 @@ import logging
 import pytest
 import torch
 
-from rlvr.learners.batch import Batch, collate, token_logprobs
 from rlvr.core.config import RolloutConfig
-from rlvr.engines.base import SamplingParams
 from rlvr.core.environment import Environment, StepResult
-from rlvr.engines.hf import HFEngine, _inverse_cdf, _sample, _StopMatcher
-from rlvr.rollout.episodes import collect
 from rlvr.core.types import Task, Trajectory
+from rlvr.engines.base import SamplingParams
+from rlvr.engines.hf import HFEngine, _inverse_cdf, _sample, _StopMatcher
+from rlvr.learners.batch import Batch, collate, token_logprobs
+from rlvr.rollout.episodes import collect
 
 
 def fresh_logits(model, ids):
@@ -64,7 +64,7 @@ def test_tokens_follow_the_seeded_rule(tiny_model, tiny_tokenizer, max_batch_siz
 
 def test_max_batch_size_setting():
     from rlvr.core.config import TrainConfig
-    from rlvr.engines.base import make_engine
+    from rlvr.engines.factory import make_engine
 
     cfg = TrainConfig()
     cfg.rollout.max_batch_size = -1

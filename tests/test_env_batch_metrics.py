@@ -8,9 +8,10 @@ import pytest
 
 from rlvr.core.config import TrainConfig
 from rlvr.core.environment import Environment
-from rlvr.environments.search import SearchEnv, search_metrics
-from rlvr.learners.metrics import environment_metrics
 from rlvr.core.types import Trajectory
+from rlvr.environments.search import SearchEnv, search_metrics
+from rlvr.learners.dispatch import learner_for
+from rlvr.learners.metrics import environment_metrics
 
 
 def _traj(**info):
@@ -65,20 +66,19 @@ def policy(context: str) -> str:
 def test_grpo_on_the_search_env_logs_env_metrics(tmp_path, tiny_tokenizer, monkeypatch):
     pytest.importorskip("rlvr.verifiers.qa")
     pytest.importorskip("bm25s")
-    import rlvr.engines.hf
-    from rlvr.core.registry import ALGORITHMS
+    import rlvr.learners.common
     from rlvr.core.models import build_tiny_model
+    from rlvr.core.types import Task
     from rlvr.retrieval.bm25 import BM25Index
     from rlvr.retrieval.corpus import Passage
     from rlvr.testing import ScriptedEngine
-    from rlvr.core.types import Task
 
     index_dir = BM25Index.build(
         [Passage.from_contents("d1", '"Paris"\nParis is the capital of France.'),
          Passage.from_contents("d2", '"Tokyo"\nTokyo is the capital of Japan.')],
         workdir=tmp_path / "work").save(tmp_path / "index")
     # the learner's engine samples from the scripted policy; training still runs the tiny model
-    monkeypatch.setattr(rlvr.engines.hf, "HFEngine",
+    monkeypatch.setattr(rlvr.learners.common, "HFEngine",
                         lambda model, tokenizer, **kw: ScriptedEngine(tokenizer, policy))
     cfg = TrainConfig(algorithm="grpo")
     cfg.env.name, cfg.env.settings = "search", {"index_dir": str(index_dir), "topk": 1}
@@ -92,7 +92,7 @@ def test_grpo_on_the_search_env_logs_env_metrics(tmp_path, tiny_tokenizer, monke
     tasks = [Task("What is the capital of France", ["Paris"], id="q:0"),
              Task("What is the capital of Japan?", ["Tokyo"], id="q:1")]
     model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=1, seed=0)
-    ALGORITHMS.get("grpo")(cfg.validate(), model=model, tokenizer=tiny_tokenizer, tasks=tasks)
+    learner_for("grpo")(cfg.validate(), model=model, tokenizer=tiny_tokenizer, tasks=tasks)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     for row in rows:  # each step: 2 France and 2 Japan episodes

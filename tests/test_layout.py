@@ -111,6 +111,62 @@ def test_own_imports_sit_at_the_top_of_files():
     assert not hidden, "\n".join(hidden)
 
 
+#: folder → the folders its top-level imports may reach (docs/architecture.md, "The folders").
+LAYERS = {
+    "core": set(),
+    "engines": {"core"},
+    "rewards": {"core"},
+    "retrieval": {"core"},
+    "verifiers": {"core"},
+    "data": {"core"},
+    "environments": {"core", "data", "retrieval", "rewards", "verifiers"},
+    "rollout": {"core", "engines", "rewards"},
+    "algorithms": {"core"},
+    "learners": {"core", "engines", "rewards", "data", "rollout", "algorithms"},
+    "eval": {"core", "engines", "rewards", "data", "rollout", "environments", "verifiers",
+             "retrieval"},
+    "jobs": {"core", "engines", "rewards", "data", "rollout", "algorithms", "learners", "eval",
+             "environments", "verifiers", "retrieval", "testing"},
+    "viewer": {"core", "rollout", "learners"},
+    "testing": {"core", "engines"},
+}
+
+
+def _folder(path: Path) -> str:
+    rel = path.relative_to(REPO).parts
+    if rel[0] != "rlvr":
+        return rel[0]  # a plugin folder: environments, verifiers, retrieval
+    return rel[1] if len(rel) > 2 else Path(rel[1]).stem
+
+
+def _imported_folder(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "rlvr" else None
+
+
+def test_each_folder_imports_only_the_folders_below_it():
+    """What a file may touch follows from its path: the layers of docs/architecture.md, read
+    from every module's top-level imports (``if TYPE_CHECKING:`` imports are types only)."""
+    doc = (REPO / "docs" / "architecture.md").read_text()
+    bad = []
+    for path in _sources():
+        folder = _folder(path)
+        if folder not in LAYERS:  # the CLI and the package root may import anything
+            continue
+        assert f"`rlvr/{folder}/" in doc or f"`{folder}/`" in doc or folder == "testing", folder
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            for name in names:
+                target = _imported_folder(name or "")
+                if target and target != folder and target not in LAYERS[folder] | {None}:
+                    bad.append(f"{path.relative_to(REPO)}:{node.lineno}: {folder} imports {name}")
+    assert not bad, "\n".join(bad)
+
+
 @pytest.mark.parametrize("what", ["import rlvr", "every module"])
 def test_no_heavy_optional_dependency_loads_on_import(what):
     code = "import rlvr" if what == "import rlvr" else (

@@ -11,12 +11,13 @@ import math
 import pytest
 import torch
 
-from rlvr.learners.batch import collate
-from rlvr.learners import common
-from rlvr.learners.critic import ValueModel
 from rlvr.core.registry import ALGORITHMS
-from conftest import tiny_learner_config
 from rlvr.core.types import Task, Trajectory
+from rlvr.learners import common
+from rlvr.learners.batch import collate
+from rlvr.learners.critic import ValueModel
+
+from conftest import tiny_learner_config
 
 TASKS = [Task("1 + 1", ["2"], id="unused")]  # the prompt stream's; the fake rollout ignores it
 
@@ -167,18 +168,18 @@ def test_ppo_no_eos_penalty_and_reward_whitening(tmp_path, tiny_tokenizer, monke
 def test_bf16_training_on_cpu(tmp_path, tiny_tokenizer, monkeypatch, algorithm, rl):
     """``model.dtype = bfloat16`` is mixed precision: the weights AdamW updates stay float32
     (master weights), a step changes them and every loss stays finite."""
-    import rlvr.core.models
+    import rlvr.learners.common
     from rlvr.data.tasks import load_tasks
 
     loaded = {}
-    real_load = rlvr.core.models.load_policy
+    real_load = rlvr.learners.common.load_policy
 
     def spy(model_cfg, device=None):
         model, tok = real_load(model_cfg, device)
         loaded["model"], loaded["before"] = model, [p.detach().clone() for p in model.parameters()]
         return model, tok
 
-    monkeypatch.setattr(rlvr.core.models, "load_policy", spy)
+    monkeypatch.setattr(rlvr.learners.common, "load_policy", spy)  # the learner's setup loads
     cfg = _cfg(tmp_path, algorithm, entropy_coef=0.01, **rl)
     cfg.model.name_or_path, cfg.model.dtype = "tiny", "bfloat16"
     cfg.model.hidden_size, cfg.model.num_layers = 32, 1

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rlvr.core.config import TrainConfig, load_config
+from rlvr.learners.dispatch import learner_for
 from rlvr.learners.metrics import MetricsLogger, plain_config, read_metrics
 
 
@@ -70,9 +71,8 @@ def test_wandb_missing_is_a_clear_error_only_when_asked_for(tmp_path, monkeypatc
 
 
 def test_wandb_project_from_the_command_line_reaches_a_training_run(tmp_path, tiny_tokenizer, fake_wandb):
-    from rlvr.data.tasks import load_tasks
-    from rlvr.core.registry import ALGORITHMS
     from rlvr.core.models import build_tiny_model
+    from rlvr.data.tasks import load_tasks
 
     cfg = load_config(None, ["--algorithm", "reinforce", "--run.wandb_project", "rlvr-tests",
                              "--run.output_dir", str(tmp_path / "rf"), "--run.steps", "2",
@@ -80,7 +80,7 @@ def test_wandb_project_from_the_command_line_reaches_a_training_run(tmp_path, ti
                              "--rl.prompts_per_step", "2", "--rollout.samples_per_prompt", "2",
                              "--rollout.max_new_tokens", "4", "--rollout.max_total_tokens", "96"])
     model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=1, seed=0)
-    ALGORITHMS.get("reinforce")(cfg, model=model, tokenizer=tiny_tokenizer, tasks=load_tasks("calculator", 4))
+    learner_for("reinforce")(cfg, model=model, tokenizer=tiny_tokenizer, tasks=load_tasks("calculator", 4))
     [run] = fake_wandb.runs
     rows = read_metrics(tmp_path / "rf" / "metrics.jsonl")
     assert [step for step, _ in run.logged] == [r["step"] for r in rows] == [1, 2]

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 import rlvr
-from rlvr.rollout import log as rollout_log
 from rlvr.core.environment import Environment, StepResult
 from rlvr.core.types import ToolCall, Trajectory
+from rlvr.learners.dispatch import learner_for
+from rlvr.rollout import log as rollout_log
+
 from conftest import tiny_learner_config
 
 
@@ -49,7 +51,6 @@ def run_probe(out_dir, *, steps=2, rl=None, env_verifiers=None, rollout=None, **
     """A real GRPO run (tiny model, HF engine) on the probe environment in ``out_dir/grpo``, with
     ``rl`` and ``run`` settings on top; returns (its directory, the tokenizer)."""
     from rlvr.core.models import build_tiny_model, build_tiny_tokenizer
-    from rlvr.core.registry import ALGORITHMS
 
     tok = build_tiny_tokenizer()
     model = build_tiny_model(tok, hidden_size=32, num_layers=1, seed=0)
@@ -69,7 +70,7 @@ def run_probe(out_dir, *, steps=2, rl=None, env_verifiers=None, rollout=None, **
         setattr(cfg.run, k, v)
     for k, v in (rollout or {}).items():
         setattr(cfg.rollout, k, v)
-    ALGORITHMS.get("grpo")(cfg, model=model, tokenizer=tok, tasks=TASKS)
+    learner_for("grpo")(cfg, model=model, tokenizer=tok, tasks=TASKS)
     return out_dir / "grpo", tok
 
 

@@ -15,6 +15,7 @@ import pytest
 from rlvr.engines.base import Completion, SamplingParams
 from rlvr.engines.server import (RemoteEngine, RemoteEngineError, RolloutService, build_engine,
                                  running_server, shards, weight_files, weights_digest)
+from rlvr.learners.dispatch import learner_for
 
 # prompts of different lengths (left padding inside the HF engine) drawn from the tiny vocabulary
 PROMPTS = [[5, 17, 42], [9], [100, 3, 77, 8, 250], [31, 31], [12, 200, 7]]
@@ -214,7 +215,7 @@ def test_rollout_server_command_serves_the_in_process_tokens(model_dir, local):
 
 def test_make_engine_with_servers_is_a_remote_engine(tmp_path):
     from rlvr.core.config import RolloutConfig
-    from rlvr.engines.base import make_engine
+    from rlvr.engines.factory import make_engine
 
     with running_server(RolloutService(_Scripted(), "hf", "scripted")) as url:
         cfg = RolloutConfig(servers=[url], server_timeout_s=5.0)
@@ -230,7 +231,6 @@ def test_grpo_trains_through_two_rollout_servers_with_verified_weights(model_dir
     weights after each update, and the weight-sync probe and the logprob gap show the servers
     generate with the policy being trained."""
     from rlvr.core.config import load_config
-    from rlvr.core.registry import ALGORITHMS
 
     services = [RolloutService(build_engine("hf", model_dir, device="cpu"), "hf", model_dir)
                 for _ in range(2)]
@@ -240,7 +240,7 @@ def test_grpo_trains_through_two_rollout_servers_with_verified_weights(model_dir
             "--run.progress", "false",
             "--run.output_dir", str(tmp_path / "run"), "--rl.prompts_per_step", "2",
             "--rollout.samples_per_prompt", "4", "--rollout.servers", f"[{a},{b}]"])
-        report = ALGORITHMS.get("grpo")(cfg)
+        report = learner_for("grpo")(cfg)
         health = [RemoteEngine([u]).health() for u in (a, b)]
     assert report["final"]["train/optimizer_steps"] == 1
     assert report["final"]["train/logprob_gap"] < 1e-4  # the servers sampled with the trainer's weights

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from rlvr.rollout.errors import check_error_streak, error_metrics, error_of
 from rlvr.core.types import Trajectory
+from rlvr.learners.dispatch import learner_for
+from rlvr.rollout.errors import check_error_streak, error_metrics, error_of
 
 
 def traj(task="t:0", error=None, **info):
@@ -63,7 +64,7 @@ def _hangs(completion, answer, **info):
 
 
 def test_a_hanging_verifier_is_an_error_at_its_deadline():
-    from rlvr.rewards.scoring import VerifierPool
+    from rlvr.core.scoring import VerifierPool
 
     pool = VerifierPool(1)
     try:
@@ -104,8 +105,9 @@ def test_a_retriever_that_accepts_and_never_answers_is_an_error_at_its_deadline(
 def test_a_run_whose_verifier_always_fails_stops_after_max_error_steps(tmp_path):
     import json
 
-    import rlvr
     from test_rollout_log import run_probe
+
+    import rlvr
 
     @rlvr.verifier("run_errors_broken")
     def broken(completion, answer, **info):
@@ -124,8 +126,9 @@ def test_a_verifier_that_hangs_is_cut_at_its_deadline_and_stops_the_run(tmp_path
     steps in a row stop the run saying so, instead of a run that waits forever."""
     import threading
 
-    import rlvr
     from test_rollout_log import run_probe
+
+    import rlvr
 
     release = threading.Event()
 
@@ -149,14 +152,13 @@ def test_a_retriever_that_dies_mid_run_stops_it_naming_the_phase(tmp_path, tiny_
     episode's every search failed, the run stops naming the retrieval phase and the server."""
     import json
 
-    import rlvr.engines.hf
+    import rlvr.learners.common
     from rlvr.core.config import TrainConfig
     from rlvr.core.models import build_tiny_model
-    from rlvr.core.registry import ALGORITHMS
+    from rlvr.core.types import Task
     from rlvr.retrieval.base import Hit, RetrievalError
     from rlvr.retrieval.corpus import Passage
     from rlvr.testing import ScriptedEngine
-    from rlvr.core.types import Task
 
     class DyingIndex:
         calls = 0
@@ -173,7 +175,7 @@ def test_a_retriever_that_dies_mid_run_stops_it_naming_the_phase(tmp_path, tiny_
             return "<think>look it up</think><search> capital of france </search>"
         return "<answer> Paris </answer>"
 
-    monkeypatch.setattr(rlvr.engines.hf, "HFEngine", lambda model, tokenizer, **kw: ScriptedEngine(tokenizer, policy))
+    monkeypatch.setattr(rlvr.learners.common, "HFEngine", lambda model, tokenizer, **kw: ScriptedEngine(tokenizer, policy))
     cfg = TrainConfig(algorithm="grpo")
     import rlvr.environments.search as search_mod
 
@@ -187,7 +189,7 @@ def test_a_retriever_that_dies_mid_run_stops_it_naming_the_phase(tmp_path, tiny_
     model = build_tiny_model(tiny_tokenizer, hidden_size=32, num_layers=1, seed=0)
     with pytest.raises(RuntimeError, match=r"step 3: every reward of the last 2 steps.*'retrieval'.*"
                                            r"refused the connection"):
-        ALGORITHMS.get("grpo")(cfg.validate(), model=model, tokenizer=tiny_tokenizer,
+        learner_for("grpo")(cfg.validate(), model=model, tokenizer=tiny_tokenizer,
                                tasks=[Task("What is the capital of France?", ["Paris"], id="q:0")])
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]

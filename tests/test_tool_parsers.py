@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlvr.environments.tool_parsers import format_for_template, parse_tool_calls
+from rlvr.verifiers.tool_parsers import format_for_template, parse_tool_calls
 
 
 def _calls(turn):

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from rlvr.core.registry import VERIFIERS
-from rlvr.rewards.scoring import verify_batch
+from rlvr.core.scoring import verify_batch
 from rlvr.core.types import Score
 
 IN_PROCESS = ["qa_em", "qa_f1", "qa_cover_em", "format_r1", "format_search", "language",

@@ -116,7 +116,7 @@ def test_coexists_with_pypi_verifiers_package(tmp_path):
     (fake / "__init__.py").write_text('NAME = "pypi-verifiers"\n')
     code = textwrap.dedent("""
         import verifiers, rlvr.verifiers, rlvr.verifiers.qa
-        from rlvr.rewards.scoring import verify
+        from rlvr.core.scoring import verify
         assert verifiers is not rlvr.verifiers
         assert verifiers.NAME == "pypi-verifiers"
         assert not hasattr(rlvr.verifiers, "NAME")

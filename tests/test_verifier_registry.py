@@ -7,7 +7,7 @@ import pytest
 
 import rlvr
 from rlvr.core.registry import VERIFIERS, Registry, describe
-from rlvr.rewards.scoring import VerifierPool, combine, verify, verify_batch
+from rlvr.core.scoring import VerifierPool, combine, verify, verify_batch
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rlvr.rewards.scoring import verify
+from rlvr.core.scoring import verify
 
 R1 = [
     ("<think>reason</think><answer>4</answer>", 1.0),

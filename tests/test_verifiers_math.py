@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from rlvr.rewards.scoring import verify, verify_batch
+from rlvr.core.scoring import verify, verify_batch
 from rlvr.verifiers.extract import final_math_answer, gsm8k_answer, last_boxed
 from rlvr.verifiers.math import check_math
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rlvr.rewards.scoring import verify
+from rlvr.core.scoring import verify
 from rlvr.verifiers.qa import extract_answer, f1, normalize_answer
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rlvr.rewards.scoring import verify
+from rlvr.core.scoring import verify
 from rlvr.verifiers.tool_call import correctness, parse_calls
 
 

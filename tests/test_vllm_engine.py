@@ -247,7 +247,7 @@ def test_missing_vllm_says_how_to_install(monkeypatch):
 
 def test_make_engine_passes_the_rollout_settings(fake_vllm):
     from rlvr.core.config import RolloutConfig
-    from rlvr.engines.base import make_engine
+    from rlvr.engines.factory import make_engine
 
     cfg = RolloutConfig(max_total_tokens=300, vllm_gpu_memory_utilization=0.25, vllm_sleep_level=2)
     engine = make_engine("vllm", None, None, model_path="some/dir", rollout=cfg)

@@ -32,6 +32,7 @@ from typing import Any
 
 from rlvr.core.registry import verifier
 from rlvr.core.types import Score
+from rlvr.verifiers.tool_parsers import parse_tool_calls
 
 _PY_TYPES: dict[str, tuple[type, ...]] = {
     "integer": (int,), "int": (int,), "long": (int,), "float": (float, int), "number": (float, int),
@@ -179,8 +180,6 @@ def _answer_problem(answer: Any) -> str:
 @verifier("bfcl", check_answer=_answer_problem)
 def bfcl(completion: str, answer: Any, **info: Any) -> Score:
     """BFCL AST check: function, required parameters, types and allowed values; parallel calls in any order."""
-    from rlvr.environments.tool_parsers import parse_tool_calls
-
     if not isinstance(completion, str):
         return Score(0.0, False, reason=f"completion is {type(completion).__name__}, not text")
     category = str(info.get("category", ""))

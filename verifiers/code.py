@@ -38,6 +38,7 @@ from typing import Any
 
 import rlvr
 from rlvr.core.types import Score
+from rlvr.verifiers.sandbox import Job, Limits, SandboxPool, get_backend
 
 MAX_CODE_CHARS = 100_000  # longer "code" is not a solution, and compiling it costs time
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
@@ -64,8 +65,6 @@ def get_pool(workers: int = 2):
     global _pool
     with _pool_lock:
         if _pool is None:
-            from rlvr.verifiers.sandbox import SandboxPool, get_backend
-
             _pool = SandboxPool(get_backend(), workers=workers)
         return _pool
 
@@ -157,8 +156,6 @@ def run_tests(code: str, answer: Any, info: dict[str, Any], details: list[str] |
 
     ``details``, when given, receives a few lines about the first failure (input, expected and
     actual output, or the end of the traceback): the feedback of the multi-turn environment."""
-    from rlvr.verifiers.sandbox import Job, Limits
-
     kind, tests = parse_tests(answer)
     prompt = str(info.get("prompt") or "")
     setup = str(info.get("setup") or "")

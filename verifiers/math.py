@@ -3,7 +3,7 @@
 math-verify bounds its own parsing and comparison with ``signal.alarm``, which only works in the
 main thread of a process, and an alarm cannot interrupt a long computation inside C (a huge
 integer power). So the registered verifier runs the check in a worker process of the verifier pool
-(:mod:`rlvr.rewards.scoring`), whose main thread may use signals and which the parent kills at its
+(:mod:`rlvr.core.scoring`), whose main thread may use signals and which the parent kills at its
 deadline. Inside a pool worker it runs inline. :func:`check_math` is the inline check itself.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from rlvr.core import scoring
 from rlvr.core.registry import verifier
 from rlvr.core.types import Score
 from rlvr.verifiers.extract import final_math_answer, golds
@@ -58,7 +59,8 @@ def _signals_usable() -> bool:
 
 def _sympy_check(pred: str, refs: list[str], source: str) -> Score:
     # imported here: math-verify pulls in sympy and latex2sympy (~1 s), needed only in workers
-    from math_verify import parse, verify as mv_verify
+    from math_verify import parse
+    from math_verify import verify as mv_verify
 
     try:
         parsed_pred = parse(_as_latex(pred), parsing_timeout=PARSE_TIMEOUT_S)
@@ -86,8 +88,6 @@ def _as_latex(s: str) -> str:
 @verifier("math")
 def math_answer(completion: str, answer: Any, **info: Any) -> Score:
     """Math final answer (\\boxed{}, ####, <answer>) equivalent to the reference via math-verify."""
-    from rlvr.rewards import scoring
-
     if scoring.in_pool_worker() and _signals_usable():
         return check_math(completion, answer, **info)
     return scoring.run_isolated(check_math, completion, answer, info)

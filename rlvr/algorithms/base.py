@@ -9,8 +9,9 @@ their global default (GSPO's tiny clip range); ``fixed`` are structural choices 
 (GSPO's per-sequence aggregation). A changed setting that neither the loop nor the algorithm
 reads is refused with a message naming it, so nothing is silently ignored.
 
-Registration is one line: ``rlvr.algorithm("name")(OnPolicyAlgorithm(...))``; the object is
-the learner entry point ``algo(cfg, **kw)`` like every other learner.
+Registration is one line: ``rlvr.algorithm("name")(OnPolicyAlgorithm(...))``; the loop runs it
+(``rlvr.learners.dispatch.learner_for(name)`` gives the entry point ``learner(cfg, **kw)`` of any
+registered algorithm, on-policy or offline).
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 
-from rlvr.learners.batch import Batch
 from rlvr.core.config import RLConfig, TrainConfig
+from rlvr.core.registry import ALGORITHMS
+
+if TYPE_CHECKING:  # a type only: the learners import the algorithms, not the other way round
+    from rlvr.learners.batch import Batch
 
 #: ``rl.*`` settings the loop honours the same way for every algorithm.
 SHARED = frozenset({
@@ -53,7 +57,7 @@ class AdvantageInputs:
 #: (inputs, rl settings) -> advantages, (B,) per trajectory or (B, T) per token
 AdvantageFn = Callable[[AdvantageInputs, RLConfig], torch.Tensor]
 #: (trainer logprobs (B, T) with grad, micro-batch, rl settings) -> (per-token loss, clipped mask)
-PolicyLossFn = Callable[[torch.Tensor, Batch, RLConfig], tuple[torch.Tensor, torch.Tensor]]
+PolicyLossFn = Callable[[torch.Tensor, "Batch", RLConfig], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -74,16 +78,13 @@ class OnPolicyAlgorithm:
     def __post_init__(self) -> None:
         object.__setattr__(self, "__doc__", self.summary)  # ``rlvr list`` shows the summary
 
-    def __call__(self, cfg: TrainConfig, **kw) -> dict:
-        """The learner entry point: ``algo(cfg, model=, tokenizer=, tasks=, eval_fn=, logger=)``."""
-        from rlvr.learners.onpolicy import train
-
-        return train(cfg, algorithm=self, **kw)
+    def check_settings(self, cfg: TrainConfig) -> None:
+        """Refuse, naming the key, a setting this algorithm cannot honour (``TrainConfig.validate``
+        calls it through the registry, before any model loads)."""
+        resolve_settings(self, cfg)
 
 
 def _readers(key: str) -> list[str]:
-    from rlvr.core.registry import ALGORITHMS
-
     return sorted(n for n, a in ALGORITHMS.items() if isinstance(a, OnPolicyAlgorithm)
                   and (key in a.settings or key in a.fixed or key in a.defaults))
 

@@ -74,14 +74,14 @@ def run(args) -> int:
 
         return run_bfcl(args)
     from rlvr.core.config import EnvConfig, ModelConfig, RolloutConfig
-    from rlvr.data.tasks import load_tasks, prompt_char_budget
-    from rlvr.engines.base import make_engine
-    from rlvr.environments.qa_data import load_qa_many
-    from rlvr.eval.benchmarks import evaluate, format_table
-    from rlvr.rollout.log import EvalRolloutLog  # rollouts/eval.jsonl.gz, for `rlvr view`
     from rlvr.core.models import load_policy, pick_device, resolve_model_path
     from rlvr.core.registry import ENVIRONMENTS
+    from rlvr.data.tasks import load_tasks, prompt_char_budget
+    from rlvr.engines.factory import make_engine
+    from rlvr.environments.qa_data import load_qa_many
+    from rlvr.eval.benchmarks import evaluate, format_table
     from rlvr.rollout.episodes import make_env_factory
+    from rlvr.rollout.log import EvalRolloutLog  # rollouts/eval.jsonl.gz, for `rlvr view`
 
     if args.limit < 0:
         raise ValueError(f"--limit must be >= 0, got {args.limit}")

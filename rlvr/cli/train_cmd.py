@@ -60,8 +60,8 @@ def add_parser(sub) -> None:
 def _resolve_data_paths(cfg, config_path: Path) -> None:
     """Relative data paths are read beside the config file when not found here; a file found in
     neither place is refused naming its key."""
-    from rlvr.data.tasks import BUNDLED_TASKS
     from rlvr.data.preferences import BUNDLED
+    from rlvr.data.tasks import BUNDLED_TASKS
 
     for key in ("train", "eval"):
         spec = getattr(cfg.data, key)
@@ -141,7 +141,7 @@ def run(args) -> int:
     from rlvr.cli import DEFAULT_JOB
     from rlvr.core.config import dump_config, load_config, resolve_config_path
     from rlvr.jobs.search_world.pipeline import RECIPE, is_job_recipe, run_default
-    from rlvr.core.registry import ALGORITHMS
+    from rlvr.learners.dispatch import learner_for
 
     overrides = list(getattr(args, "overrides", []) or [])
     config = args.print_config if isinstance(args.print_config, str) else args.config
@@ -159,7 +159,7 @@ def run(args) -> int:
         overrides += ["--rl.mask_observations", "false"]
     cfg = load_config(path, overrides)
     _resolve_data_paths(cfg, path)
-    learner = ALGORITHMS.get(cfg.algorithm)
+    learner = learner_for(cfg.algorithm)
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not (cfg.run.resume and (out / "config.yaml").exists()):

@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("--input", type=Path, default=None,
                    help="JSONL file with completion, answer and optional info per line")
     p.add_argument("--timeout", type=float, default=None,
-                   help="seconds per check in the pool (default: rlvr.rewards.scoring.DEFAULT_TIMEOUT_S)")
+                   help="seconds per check in the pool (default: rlvr.core.scoring.DEFAULT_TIMEOUT_S)")
     p.add_argument("--workers", type=int, default=None, help="pool worker processes (--input)")
     p.set_defaults(func=run)
 
@@ -55,7 +55,7 @@ def parse_answer(text: str) -> Any:
 
 def run(args) -> int:
     from rlvr.core.registry import VERIFIERS
-    from rlvr.rewards.scoring import DEFAULT_TIMEOUT_S, combine, verify, verify_batch
+    from rlvr.core.scoring import DEFAULT_TIMEOUT_S, combine, verify, verify_batch
 
     target = parse_target(args.name)
     for n in ([target] if isinstance(target, str) else list(target)):
@@ -95,7 +95,7 @@ def parse_info(text: str | None, where: str) -> dict:
 def read_items(path: Path) -> list[dict]:
     """Rows of a predictions file, each checked, with errors naming ``FILE:LINE`` and the field
     (a byte that is not UTF-8 too: lines are decoded one at a time)."""
-    from rlvr.data.tasks import iter_jsonl
+    from rlvr.data.rows import iter_jsonl
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such predictions file")

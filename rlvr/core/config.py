@@ -16,6 +16,9 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rlvr.core.registry import ALGORITHMS
+from rlvr.core.reward_spec import parse_reward_spec, reward_as_mapping
+
 BUNDLED_CONFIGS = Path(__file__).parent.parent / "configs"
 
 
@@ -320,14 +323,12 @@ class TrainConfig:
         if self.rollout.max_batch_size < 0:
             raise ValueError(f"rollout.max_batch_size must be >= 0 (0 = the whole batch), "
                              f"got {self.rollout.max_batch_size}")
-        from rlvr.algorithms.base import OnPolicyAlgorithm, resolve_settings
-        from rlvr.core.registry import ALGORITHMS
-        from rlvr.rewards.spec import reward_spec
 
-        reward_spec(self, check=False)  # shapes and duplicates now; names and paths at setup
+        parse_reward_spec(self)  # shapes and duplicates now; names and paths at setup
         learner = ALGORITHMS.get(self.algorithm)  # an unknown name fails here, listing the known
-        if isinstance(learner, OnPolicyAlgorithm):
-            resolve_settings(learner, self)  # a setting it cannot honour is refused before any load
+        check = getattr(learner, "check_settings", None)  # on-policy algorithms declare their settings
+        if check is not None:
+            check(self)  # a setting it cannot honour is refused before any load
         return self
 
 
@@ -390,8 +391,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 OmegaConf.update(nested, str(key), value, force_add=True)
             cfg = OmegaConf.merge(cfg, nested)
             if isinstance(OmegaConf.select(cfg, "reward", default=None), str):
-                from rlvr.rewards.spec import reward_as_mapping  # so --reward.NAME entries add to it
-
                 cfg.reward = reward_as_mapping(cfg.reward)
         except OmegaConfBaseException as e:
             key = getattr(e, "full_key", None) or ""

@@ -37,9 +37,10 @@ import collections.abc
 import functools
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
+from rlvr.core.scoring import combine
 from rlvr.core.types import Score, Task, ToolCall, Trajectory
 
 
@@ -51,7 +52,6 @@ class StepResult:
     done: bool = False  # the episode ends after this step
     reward: float | None = None  # final reward, if the environment decides it itself
     tool_call: ToolCall | None = None  # the tool call this action made, for metrics
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 class Environment:
@@ -129,8 +129,6 @@ class Environment:
 
     def score(self, completion: str, task: Task) -> Score:
         """Final reward of an episode from the named verifiers (weighted sum of their rewards)."""
-        from rlvr.rewards.scoring import combine
-
         return combine(self.verifiers, completion, task.answer, **task.info)
 
     def metrics(self) -> dict[str, float]:

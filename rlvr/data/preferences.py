@@ -16,7 +16,7 @@ Messages go through the tokenizer's chat template; plain text is encoded as is a
 appended to completions so the model learns to stop. Sources: a bundled synthetic name
 (``synthetic_pref``, ``synthetic_sft``), a local ``.jsonl`` / ``.json`` / ``.parquet`` file, or a hub
 dataset ``hf:owner/name[:split]``. Local ``.jsonl`` / ``.json`` files are read line by line by
-:func:`rlvr.data.tasks.read_located_rows`; parquet and hub data through ``datasets``. Bad rows raise one
+:func:`rlvr.data.rows.read_located_rows`; parquet and hub data through ``datasets``. Bad rows raise one
 error that lists each as ``FILE:LINE`` (the 1-based line, as editors count; ``SOURCE row N``,
 counted from 1, for parquet, hub and bundled tables, which have no lines).
 """
@@ -28,19 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from rlvr.core.registry import ENVIRONMENTS
 from rlvr.core.types import Trajectory
+from rlvr.data.rows import located_rows
 
 Messages = list[dict[str, str]]
 
 
 # -- bundled synthetic data ------------------------------------------------------------------------
-
-def _calc_system_prompt() -> str:
-    try:  # the same system prompt as the calculator environment, so a reward model transfers to it
-        from rlvr.environments.calculator import CalculatorEnv
-        return CalculatorEnv.system_prompt
-    except ImportError:
-        return "Give the final number as <answer>number</answer>."
 
 
 def _arith(rng: random.Random) -> tuple[str, int]:
@@ -53,7 +48,8 @@ def synthetic_preference_rows(n: int = 256, seed: int = 0) -> list[dict[str, Any
     not (a bare wrong number, a refusal, or an untagged sentence). A format preference a tiny model
     learns in seconds."""
     rng = random.Random(seed)
-    system = _calc_system_prompt()
+    # the calculator environment's own, so a reward model trained on these rows transfers to it
+    system = ENVIRONMENTS.get("calculator").system_prompt
     rows = []
     for _ in range(n):
         expr, v = _arith(rng)
@@ -89,45 +85,7 @@ def load_rows(spec: str, limit: int = 0, seed: int = 0) -> list[dict[str, Any]]:
 def load_located_rows(spec: str, limit: int = 0, seed: int = 0) -> list[tuple[str, Any]]:
     """``(where, row)`` pairs of :func:`load_rows`: ``where`` is ``FILE:LINE`` for JSONL / JSON
     files, ``SOURCE row N`` (from 1) for tables without lines."""
-    if spec in BUNDLED:
-        return _numbered(spec, BUNDLED[spec](limit or 256, seed))
-    if spec.startswith("hf:"):
-        name, _, split = spec[3:].partition(":")
-        import datasets
-
-        try:
-            ds = datasets.load_dataset(name, split=split or "train")
-        except Exception as e:  # offline, unknown name, no such split: one readable message
-            raise FileNotFoundError(f"hub dataset {name!r} (split {split or 'train'!r}) could not be "
-                                    f"loaded: {type(e).__name__}: {e}") from None
-    else:
-        path = Path(spec)
-        if not path.exists():
-            raise FileNotFoundError(f"data source {spec!r} is not a file, a bundled name "
-                                    f"({', '.join(sorted(BUNDLED))}) or hf:owner/name[:split]")
-        if path.suffix in (".jsonl", ".json"):
-            # read here, not through Arrow: a bad row is named by its line, and rows of mixed
-            # shapes are not forced into one schema inferred from the first rows
-            from rlvr.data.tasks import read_located_rows
-
-            rows = read_located_rows(path)
-            return rows[:limit] if limit else rows
-        if path.suffix != ".parquet":
-            raise ValueError(f"{path}: expected a .jsonl, .json or .parquet file")
-        import datasets
-
-        try:
-            ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
-        except Exception as e:
-            raise ValueError(f"{path}: could not be read as parquet: {type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''}") from None
-    if limit:
-        ds = ds.select(range(min(limit, len(ds))))
-    return _numbered(spec, [dict(r) for r in ds])
-
-
-def _numbered(source: str, rows: list[Any]) -> list[tuple[str, Any]]:
-    return [(f"{source} row {n}", row) for n, row in enumerate(rows, 1)]
+    return located_rows(spec, limit, bundled=BUNDLED, seed=seed)
 
 
 def _collect_errors(rows: list[tuple[str, Any]], fn, source: str) -> list:

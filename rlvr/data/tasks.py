@@ -17,13 +17,14 @@ count instead.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
+from rlvr.core.registry import VERIFIERS
 from rlvr.core.types import Task
+from rlvr.data.rows import DataError, located_rows, read_located_rows
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,6 @@ SHOWN_ERRORS = 5
 #: many characters cannot fit the token budget unless it is almost all long repeated runs.
 CHARS_PER_TOKEN_BOUND = 16
 TOO_LONG = ("refuse", "skip")
-
-
-class DataError(ValueError):
-    """A data file or row that cannot be used; the message starts with ``FILE:LINE``."""
 
 
 def bundled_task(name: str):
@@ -105,9 +102,7 @@ def load_tasks(spec: str, limit: int = 0, seed: int = 0, *,
         tasks = BUNDLED_TASKS[spec](limit or 256, seed)
         return tasks[:limit] if limit else tasks
     if spec.startswith("hf:"):
-        from rlvr.data.preferences import load_located_rows  # the hub reader preference data uses
-
-        located, source = load_located_rows(spec, limit), spec
+        located, source = located_rows(spec, limit), spec
         stem = spec[3:].partition(":")[0].rsplit("/", 1)[-1]  # hf:owner/name:split → name
     else:
         path = Path(spec)
@@ -159,7 +154,6 @@ def answer_problem(answer: Any, verifiers: Mapping[str, float] | Iterable[str] |
         return "'answer' is empty: no verifier can reward a row without a reference answer"
     if not verifiers:
         return ""
-    from rlvr.core.registry import VERIFIERS
 
     weights = verifiers if isinstance(verifiers, Mapping) else {n: 1.0 for n in verifiers}
     for name, weight in weights.items():
@@ -194,92 +188,6 @@ def summarize_errors(bad: list[str], total: int, source: str, what: str = "bad")
     shown = "\n  ".join(bad[:SHOWN_ERRORS])
     more = f"\n  ... and {len(bad) - SHOWN_ERRORS} more" if len(bad) > SHOWN_ERRORS else ""
     return f"{source}: {len(bad)} of {total} rows {what}:\n  {shown}{more}"
-
-
-# -- reading files ---------------------------------------------------------------------------------
-
-def read_rows(path: Path) -> list[Any]:
-    """The rows of a .jsonl, .json (a list) or .parquet file (see :func:`read_located_rows`)."""
-    return [row for _, row in read_located_rows(path)]
-
-
-def read_located_rows(path: Path) -> list[tuple[str, Any]]:
-    """``(where, row)`` for each row of a .jsonl, .json (a list) or .parquet file, ``where`` being
-    ``FILE:LINE`` (1-based, as editors count; ``FILE row N`` for parquet). A line that is not
-    UTF-8 or not JSON raises a :class:`DataError` that names its line."""
-    path = Path(path)
-    if path.suffix == ".parquet":
-        import datasets
-
-        try:
-            rows = list(datasets.Dataset.from_parquet(str(path)))
-        except Exception as e:
-            raise DataError(f"{path}: not a readable parquet file ({e})") from None
-        return [(f"{path} row {n}", row) for n, row in enumerate(rows, 1)]
-    if path.suffix == ".json":
-        return read_json_list(path)
-    # JSONL is parsed line by line rather than through Arrow: a bad line is then reported by its
-    # number, and rows whose golden_answers mix types do not break a schema inferred from the first.
-    return [(f"{path}:{n}", row) for n, row in iter_jsonl(path)]
-
-
-def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    """``(line number, decoded JSON)`` for each non-blank line; bytes are decoded line by line so
-    a stray Latin-1 byte is reported as ``FILE:LINE`` with its position."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]  # a UTF-8 byte-order mark, as some Windows editors write
-            if not raw.strip():
-                continue
-            yield n, decode_json_line(raw, f"{path}:{n}")
-
-
-def decode_json_line(raw: bytes, where: str) -> Any:
-    """One line of bytes → its JSON value; ``where`` (``FILE:LINE``) starts any error."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{where}: {_not_utf8(raw, e, e.start + 1)}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-
-
-def _not_utf8(data: bytes, e: UnicodeDecodeError, column: int) -> str:
-    return (f"not UTF-8 text: byte {data[e.start]:#04x} at byte {column} of the line "
-            f"({e.reason}); the file may be Latin-1 or cp1252, save it as UTF-8")
-
-
-def read_json_list(path: Path) -> list[tuple[str, Any]]:
-    """A .json file holding a list of rows → ``(FILE:LINE, row)``, the line where each row starts."""
-    data = path.read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise DataError(f"{path}:{line}: {_not_utf8(data, e, column)}") from None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(value, list):
-        raise DataError(f"{path}:1: expected a JSON list of rows, got {type(value).__name__}")
-    # the text is valid JSON: walk the list once more to learn the line where each row starts
-    decoder, out = json.JSONDecoder(), []
-    pos, line, counted = text.index("[") + 1, 1, 0
-    for _ in value:
-        while text[pos] in " \t\r\n,":
-            pos += 1
-        line += text.count("\n", counted, pos)
-        counted = pos
-        row, pos = decoder.raw_decode(text, pos)
-        out.append((f"{path}:{line}", row))
-    return out
 
 
 #: where a row's prompt is read, first present wins: rlvr / TRL, Search-R1, MATH, original MBPP

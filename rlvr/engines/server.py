@@ -38,7 +38,10 @@ from typing import Any, Iterator, Optional
 
 from pydantic import BaseModel, Field
 
+from rlvr.core.config import ModelConfig
+from rlvr.core.models import load_policy, pick_device
 from rlvr.engines.base import Completion, SamplingParams
+from rlvr.engines.hf import HFEngine
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +129,6 @@ def build_engine(kind: str, model_path: str, *, device: str = "auto", dtype: str
                  **vllm_options):
     """The engine a server runs: ``hf`` (transformers, ``device``) or ``vllm`` (its own GPU)."""
     if kind == "hf":
-        from rlvr.core.config import ModelConfig
-        from rlvr.engines.hf import HFEngine
-        from rlvr.core.models import load_policy, pick_device
-
         dev = pick_device(device, field="--device")
         model, tokenizer = load_policy(ModelConfig(name_or_path=model_path, dtype=dtype), dev)
         return HFEngine(model.eval(), tokenizer, device=dev)

@@ -43,7 +43,12 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from rlvr.core.scoring import verify
 from rlvr.core.types import Task, Trajectory
+from rlvr.engines.hf import HFEngine
+from rlvr.environments.search import strip_information
+from rlvr.rollout.episodes import collect
+from rlvr.verifiers.qa import extract_answer
 
 log = logging.getLogger(__name__)
 
@@ -53,23 +58,13 @@ METRICS = {"em": "qa_em", "f1": "qa_f1", "cover_em": "qa_cover_em"}
 SUMMARY_KEYS = {"qa": (*METRICS, "answered", "searches", "untagged", "untagged_cover_em"),
                 "reward": ("accuracy", "reward")}
 ANSWER_TAG = ("required", "optional")
-_INFORMATION = re.compile(r"<information>.*?(?:</information>|$)", re.S)
 _THINK = re.compile(r"<think>.*?</think>", re.S)
-
-
-def policy_text(completion: str) -> str:
-    """The completion with its ``<information>`` blocks emptied: only what the policy wrote."""
-    return _INFORMATION.sub(
-        lambda m: "<information></information>" if m.group(0).endswith("</information>")
-        else "<information>", completion)
 
 
 def extract_prediction(completion: str) -> str | None:
     """The last ``<answer>`` of the policy's own text (as the verifiers read it); None when the
     policy never answered."""
-    from rlvr.verifiers.qa import extract_answer
-
-    pred = extract_answer(policy_text(completion))
+    pred = extract_answer(strip_information(completion))
     return None if pred is None else pred.strip()
 
 
@@ -89,9 +84,7 @@ def untagged_answer(completion: str, last_turn: str | None = None) -> str | None
 
 def score_example(completion: str, golds: Any, **info: Any) -> dict[str, float]:
     """EM / F1 / cover-EM of one completion through the registered verifiers (never raises)."""
-    from rlvr.rewards.scoring import verify
-
-    text = policy_text(completion)
+    text = strip_information(completion)
     return {key: float(verify(name, text, golds, **info).reward) for key, name in METRICS.items()}
 
 
@@ -129,7 +122,7 @@ def make_record(task: Task, traj: Trajectory, tokenizer, dataset: str, scoring: 
     golds = task.answer if isinstance(task.answer, list) else [task.answer]
     turns = [tokenizer.decode(traj.token_ids[t.action_start:t.action_end], skip_special_tokens=True)
              for t in traj.turns]
-    own = "\n".join(turns) if turns else policy_text(completion)  # what the policy wrote
+    own = "\n".join(turns) if turns else strip_information(completion)  # what the policy wrote
     prediction = extract_prediction(own)
     # a last turn cut by max_new_tokens was never finished: no final answer, tagged or not
     untagged = (None if not turns or traj.turns[-1].stop_reason == "length"
@@ -193,8 +186,6 @@ def evaluate(model, tokenizer, datasets: dict[str, list[Task]], env_factory: Cal
     Returns ``{"datasets": {name: {"n", "em", "f1", "cover_em",
     "answered", "searches"}}, "average": {...}, "num_examples", "predictions_path"}``.
     """
-    from rlvr.rollout.episodes import collect
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if scoring not in SUMMARY_KEYS:
@@ -204,8 +195,6 @@ def evaluate(model, tokenizer, datasets: dict[str, list[Task]], env_factory: Cal
     if not datasets:
         raise ValueError("no datasets to evaluate")
     if engine is None:
-        from rlvr.engines.hf import HFEngine
-
         engine = HFEngine(model, tokenizer)
     done = read_predictions(predictions_path) if predictions_path else {}
     todo = [(name, t) for name, tasks in datasets.items() for t in tasks if t.id not in done]

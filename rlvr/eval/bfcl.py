@@ -9,7 +9,7 @@ template as tools, the model's calls are read in its template's format, and the 
 checks them with BFCL's AST rules. ``live_multiple`` evaluates only the rows outside its training
 split (:mod:`rlvr.data.bfcl`). ``multi_turn_base`` tests are episodes of the ``bfcl_multi_turn``
 environment instead: user turns in sequence over BFCL's stateful APIs, scored by BFCL's per-turn
-state and response checks (:mod:`rlvr.eval.bfcl_multi_turn`). The output directory gets
+state and response checks (:mod:`rlvr.environments.bfcl_executor`). The output directory gets
 ``predictions.jsonl`` (one line per test, with the reason of every failure; a rerun resumes from
 it), ``results.txt``, ``report.json`` and ``accuracy.png``. "overall" is the unweighted mean over
 categories; "all rows" counts every test.
@@ -22,18 +22,18 @@ import math
 import sys
 from pathlib import Path
 
-from rlvr.eval.bfcl_multi_turn import MULTI_TURN
+from rlvr.core.config import EnvConfig, ModelConfig, RolloutConfig
+from rlvr.core.models import load_policy, pick_device
+from rlvr.data.bfcl import load_category
+from rlvr.engines.factory import make_engine
+from rlvr.environments.bfcl_executor import MULTI_TURN, load_entries
+from rlvr.environments.bfcl_multi_turn import BfclMultiTurnEnv, tasks_from_entries
+from rlvr.eval.benchmarks import read_predictions
+from rlvr.rollout.episodes import collect, make_env_factory
+from rlvr.verifiers.bfcl import bfcl
 
 
 def run_bfcl(args) -> int:
-    from rlvr.data.bfcl import load_category
-    from rlvr.core.config import EnvConfig, ModelConfig, RolloutConfig
-    from rlvr.engines.base import make_engine
-    from rlvr.eval.benchmarks import read_predictions
-    from rlvr.core.models import load_policy, pick_device
-    from rlvr.rollout.episodes import collect, make_env_factory
-    from rlvr.verifiers.bfcl import bfcl
-
     if args.limit < 0:
         raise ValueError(f"--limit must be >= 0, got {args.limit}")
     if args.index or args.retriever:
@@ -91,9 +91,6 @@ def run_bfcl(args) -> int:
 # -- multi_turn_base: one episode of the bfcl_multi_turn environment per test ----------------------
 
 def _multi_turn_tasks(category: str, limit: int) -> list:
-    from rlvr.eval.bfcl_multi_turn import load_entries
-    from rlvr.environments.bfcl_multi_turn import tasks_from_entries
-
     return tasks_from_entries(load_entries(category, limit), category)
 
 
@@ -103,9 +100,6 @@ def _multi_turn_setup(cfg, tasks: list):
     (``max_steps_per_turn`` steps with calls, and the answer, per user turn) can end a test."""
     from dataclasses import replace
 
-    from rlvr.core.config import EnvConfig
-    from rlvr.environments.bfcl_multi_turn import BfclMultiTurnEnv
-    from rlvr.rollout.episodes import make_env_factory
 
     if not tasks:
         return None

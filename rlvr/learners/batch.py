@@ -9,7 +9,7 @@ and is 0; so are the prompt columns before the micro-batch's shortest prompt (ne
 
 Used by every learner (GRPO, PPO, RLOO, REINFORCE, SFT, DPO, reward model)::
 
-    batch = collate(trajectories, pad_token_id=tok.pad_token_id, advantages=adv)
+    batch = collate(trajectories, pad_token_id=tok.pad_token_id)
     for mb in batch.split(micro_batch_size):
         logprobs, entropy = token_logprobs(model, mb.to(device), temperature=1.0)
 """
@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import torch
 
 from rlvr.core.types import Trajectory
+from rlvr.engines.hf import forward_kwargs
 
 
 @dataclass
@@ -74,13 +75,8 @@ class Batch:
         return int(self.loss_mask.sum())
 
 
-def collate(trajectories: Sequence[Trajectory], pad_token_id: int,
-            advantages: torch.Tensor | Sequence | None = None) -> Batch:
-    """Pad trajectories into a :class:`Batch`.
-
-    ``advantages`` is one number per trajectory (B,) — broadcast over its sampled tokens — or one
-    per token ((B, T) tensor or a list of per-trajectory lists, each as long as its trajectory).
-    """
+def collate(trajectories: Sequence[Trajectory], pad_token_id: int) -> Batch:
+    """Pad trajectories into a :class:`Batch` (advantages zero: the learner fills them in)."""
     if not trajectories:
         raise ValueError("cannot collate an empty list of trajectories")
     B = len(trajectories)
@@ -98,28 +94,9 @@ def collate(trajectories: Sequence[Trajectory], pad_token_id: int,
         loss_mask[i, :n] = torch.tensor(t.loss_mask, dtype=torch.float32)
         logprobs[i, :n] = torch.tensor(t.logprobs, dtype=torch.float32)
     attention_mask = (torch.arange(T)[None, :] < lengths[:, None]).long()  # (B, T)
-    adv = torch.zeros((B, T))
-    if advantages is not None:
-        if isinstance(advantages, torch.Tensor) and advantages.dim() == 2:
-            if advantages.shape[0] != B:
-                raise ValueError(f"advantages has {advantages.shape[0]} rows for {B} trajectories")
-            w = min(T, advantages.shape[1])
-            adv[:, :w] = advantages[:, :w].float()
-        elif isinstance(advantages, torch.Tensor) or (len(advantages) and not hasattr(advantages[0], "__len__")):
-            a = torch.as_tensor(advantages, dtype=torch.float32).reshape(-1)
-            if a.numel() != B:
-                raise ValueError(f"{a.numel()} advantages for {B} trajectories")
-            adv = a[:, None] * loss_mask
-        else:
-            if len(advantages) != B:
-                raise ValueError(f"{len(advantages)} advantage rows for {B} trajectories")
-            for i, row in enumerate(advantages):
-                if len(row) != lengths[i]:
-                    raise ValueError(f"trajectory {i}: {len(row)} advantages for {int(lengths[i])} tokens")
-                adv[i, : len(row)] = torch.as_tensor(row, dtype=torch.float32)
     return Batch(
         input_ids=input_ids, attention_mask=attention_mask, loss_mask=loss_mask, logprobs=logprobs,
-        advantages=adv, rewards=torch.tensor([float(t.reward) for t in trajectories]),
+        advantages=torch.zeros((B, T)), rewards=torch.tensor([float(t.reward) for t in trajectories]),
         prompt_lens=torch.tensor([t.prompt_len for t in trajectories], dtype=torch.long),
         lengths=lengths)
 
@@ -140,8 +117,6 @@ def token_logprobs(model, batch: Batch, temperature: float = 1.0, *, with_entrop
     (the entropy is only a diagnostic, ``rl.entropy_coef == 0``) computes it without autograd,
     one sequence at a time, instead of keeping a (B, T, V) graph for it.
     """
-    from rlvr.engines.hf import forward_kwargs
-
     T = batch.input_ids.shape[1]
     start = first_scored_column(batch)
     kw = {}

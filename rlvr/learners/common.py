@@ -13,7 +13,6 @@ import copy
 import inspect
 import json
 import logging
-import math
 import random
 import time
 from contextlib import nullcontext
@@ -24,15 +23,22 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from rlvr.algorithms.losses import adaptive_kl_coef, aggregate, kl_estimator, kl_k3
+from rlvr.core.config import TrainConfig
+from rlvr.core.models import load_policy, pick_device
+from rlvr.core.registry import ENVIRONMENTS
+from rlvr.core.types import Task, Trajectory
+from rlvr.data.tasks import load_tasks, prompt_char_budget
+from rlvr.engines.factory import make_engine
+from rlvr.engines.hf import HFEngine
 from rlvr.learners.batch import Batch, collate, token_logprobs
 from rlvr.learners.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from rlvr.core.config import TrainConfig
 from rlvr.learners.distributed import NullLogger, World, init_world
+from rlvr.learners.metrics import MetricsLogger, environment_metrics, plot_metrics, rollout_metrics
 from rlvr.learners.runtime import (LOW_PRECISION, GuardedStep, lr_schedule, master_weights_fp32,
                                    run_dir, seed_everything)
-from rlvr.algorithms.losses import aggregate, kl_estimator, kl_k3
-from rlvr.learners.metrics import MetricsLogger, environment_metrics, rollout_metrics
-from rlvr.core.types import Task, Trajectory
+from rlvr.rewards.spec import add_model_rewards, env_config, reward_spec
+from rlvr.rollout.episodes import collect, make_env_factory
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +115,6 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
           needs_ref: bool = False, extra_params: list | None = None) -> Session:
     """Build (or take) the policy, reference, optimizer, schedule, engine, prompts and logger;
     restore the newest checkpoint when ``run.resume``."""
-    from rlvr.data.tasks import load_tasks, prompt_char_budget
-    from rlvr.engines.hf import HFEngine
-    from rlvr.core.models import load_policy, pick_device
-    from rlvr.core.registry import ENVIRONMENTS
-    from rlvr.rewards.spec import env_config, reward_spec
-    from rlvr.rollout.episodes import make_env_factory
-
     env_cfg = env_config(cfg)  # the reward's verifiers; a bad name or path fails before loading
     env_factory = make_env_factory(env_cfg)  # settings checked before any model loads
     seed_everything(cfg.run.seed)
@@ -149,8 +148,6 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
     world.barrier()
     separate_weights = bool(cfg.rollout.servers) or cfg.rollout.engine == "vllm"
     if separate_weights:  # an engine with its own copy of the weights
-        from rlvr.engines.base import make_engine
-
         engine = make_engine(cfg.rollout.engine, model, tokenizer,
                              model_path=_engine_start_dir(cfg, model, tokenizer, out_dir, world),
                              rollout=cfg.rollout, weights_dir=str(out_dir / "engine_weights"))
@@ -196,9 +193,6 @@ def rollout(s: Session, step: int, attempt: int = 0) -> tuple[list[Trajectory], 
     """Collect one rollout batch (``prompts_per_step`` × ``samples_per_prompt``), then add
     reward-model rewards. Returns the trajectories and phase timings. ``attempt`` > 0 is a
     dynamic-sampling re-draw within the step (its own sampling seed)."""
-    from rlvr.rewards.spec import add_model_rewards
-    from rlvr.rollout.episodes import collect
-
     cfg = s.cfg
     t0 = time.perf_counter()
     tasks = s.world.block(s.prompts.next(cfg.rl.prompts_per_step))  # this rank's prompts
@@ -410,8 +404,6 @@ def evaluate(s: Session, step: int, eval_fn: Callable | None) -> dict[str, float
     if eval_fn is not None:
         res = _call_eval(eval_fn, s, step)
     elif s.eval_tasks:
-        from rlvr.rollout.episodes import collect
-
         with s.compute():
             trajs = collect(s.engine, s.tokenizer, s.env_factory, s.eval_tasks, samples_per_prompt=1,
                             cfg=s.cfg.rollout, greedy=True)
@@ -452,8 +444,6 @@ def finish(s: Session, history: list[dict]) -> dict:
     if s.own_logger:
         s.logger.close()
     try:
-        from rlvr.learners.metrics import plot_metrics
-
         plot_metrics(s.logger.path, s.out_dir / "metrics.png")
     except Exception as e:  # a plot must never fail a finished run
         log.warning("plotting failed: %s", e)
@@ -467,8 +457,6 @@ def kl_coef(s: Session) -> float:
 
 def adapt_kl_coef(s: Session, observed_kl: float, n_samples: int) -> float:
     """Adaptive KL control when ``rl.kl_target`` is set; a fixed β otherwise."""
-    from rlvr.algorithms.losses import adaptive_kl_coef
-
     beta = kl_coef(s)
     if s.cfg.rl.kl_target and beta > 0:
         beta = adaptive_kl_coef(beta, observed_kl, s.cfg.rl.kl_target, s.cfg.rl.kl_horizon, n_samples)
@@ -478,8 +466,6 @@ def adapt_kl_coef(s: Session, observed_kl: float, n_samples: int) -> float:
 
 def step_metrics(trajs: list[Trajectory], cfg: TrainConfig, times: dict, t_step: float) -> dict:
     """Rollout statistics, the environment's own batch metrics (``env/...``) and phase timings."""
-    from rlvr.core.registry import ENVIRONMENTS
-
     out = rollout_metrics(trajs, cfg.rollout.samples_per_prompt)
     out.update(environment_metrics(ENVIRONMENTS.get(cfg.env.name), trajs))
     out.update(times)

@@ -16,8 +16,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from rlvr.learners.batch import Batch
 from rlvr.algorithms.losses import aggregate, value_loss
+from rlvr.learners.batch import Batch
+from rlvr.learners.common import global_norm, mini_batches
 
 
 class ValueModel(nn.Module):
@@ -97,7 +98,6 @@ class Critic:
         mini-batch (a shared head trained with the policy: nothing to do)."""
         if self.shared:
             return {}
-        from rlvr.learners.common import global_norm, mini_batches
 
         s, rl = self.s, self.s.cfg.rl
         self.model.train()

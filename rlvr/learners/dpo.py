@@ -20,16 +20,17 @@ import copy
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 
 import rlvr
+from rlvr.algorithms.pref_losses import PrefLoss, cdpo_loss, dpo_sigmoid_loss, ipo_loss, simpo_loss
+from rlvr.core.config import ModelConfig
+from rlvr.core.models import load_policy, pick_device
+from rlvr.data.preferences import PrefExample, load_preference_data
 from rlvr.learners import offline_common as oc
 from rlvr.learners.runtime import GuardedStep
-from rlvr.algorithms.pref_losses import PrefLoss, cdpo_loss, dpo_sigmoid_loss, ipo_loss, simpo_loss
-from rlvr.data.preferences import PrefExample
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +156,6 @@ def train_dpo(model, pairs: Sequence[PrefExample], ref: PairLogps | None, cfg, p
 @rlvr.algorithm("dpo")
 def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     """DPO / cDPO / IPO / SimPO on preference pairs (``pref.loss``)."""
-    from rlvr.core.config import ModelConfig
-    from rlvr.core.models import load_policy, pick_device
-    from rlvr.data.preferences import load_preference_data
-
     check_pref_config(cfg.pref)
     if cfg.model.lora_rank:
         raise ValueError("model.lora_rank > 0 is not supported by the dpo learner; use full fine-tuning")

@@ -29,17 +29,19 @@ import time
 
 import torch
 
-from rlvr.rollout import log as rollout_log
-
-from rlvr.rollout import errors as run_errors
 from rlvr.algorithms.advantages import overlong_penalty, zero_variance_groups
 from rlvr.algorithms.base import AdvantageInputs, OnPolicyAlgorithm, resolve_settings
-from rlvr.learners.batch import Batch, collate, token_logprobs
-from rlvr.learners import common
-from rlvr.learners.critic import Critic, ValueModel
 from rlvr.algorithms.losses import kl_estimator, kl_penalized_rewards, mismatch_weights
+from rlvr.core.models import load_policy, pick_device
 from rlvr.core.registry import ALGORITHMS
 from rlvr.core.types import Trajectory
+from rlvr.engines.base import SamplingParams
+from rlvr.learners import common
+from rlvr.learners.batch import Batch, collate, token_logprobs
+from rlvr.learners.critic import Critic, ValueModel
+from rlvr.rollout import errors as run_errors
+from rlvr.rollout import log as rollout_log
+from rlvr.rollout.episodes import render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +57,6 @@ def train(cfg, *, algorithm: OnPolicyAlgorithm | None = None, model=None, tokeni
         log.info("%s", note)
     head = None
     if algo.needs_critic and cfg.rl.critic == "shared":  # the head joins the policy's optimizer
-        from rlvr.core.models import load_policy, pick_device
-
         if model is None or tokenizer is None:
             model, tokenizer = load_policy(cfg.model, pick_device(cfg.run.device))
         head = ValueModel(model)
@@ -139,7 +139,6 @@ def weight_sync_probe(s) -> list[int] | None:
     """A fixed probe prompt: the first training prompt's first 32 tokens (None when checks are off)."""
     if not s.cfg.rollout.weight_sync_check:
         return None
-    from rlvr.rollout.episodes import render_prompt
 
     task = s.prompts.tasks[0]
     try:
@@ -161,7 +160,6 @@ def verify_engine_weights(s, probe: list[int] | None, step: int) -> None:
     training on rollouts of an old policy."""
     if probe is None:
         return
-    from rlvr.engines.base import SamplingParams
 
     with s.compute():
         [out] = s.engine.generate([probe], SamplingParams(max_new_tokens=4, temperature=0.0))

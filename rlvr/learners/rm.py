@@ -14,16 +14,17 @@ import logging
 import math
 import statistics
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 import rlvr
+from rlvr.algorithms.pref_losses import bradley_terry_loss
+from rlvr.core.models import pick_device
+from rlvr.data.preferences import PrefExample, load_preference_data
 from rlvr.learners import offline_common as oc
 from rlvr.learners.runtime import GuardedStep
-from rlvr.algorithms.pref_losses import bradley_terry_loss
-from rlvr.data.preferences import PrefExample
+from rlvr.rewards.reward_model import build_reward_model, save_reward_model, score_ids
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,6 @@ def _pad_id(tokenizer) -> int:
 def evaluate_pairs(model, tokenizer, pairs: Sequence[PrefExample], micro_batch_size: int = 8) -> dict[str, Any]:
     """Pairwise accuracy (chosen scored strictly higher), mean margin and loss; the scores of the
     chosen responses come back too, as the reference set for normalisation."""
-    from rlvr.rewards.reward_model import score_ids
-
     was_training = model.training
     model.eval()
     pad = _pad_id(tokenizer)
@@ -53,8 +52,6 @@ def evaluate_pairs(model, tokenizer, pairs: Sequence[PrefExample], micro_batch_s
 
 def train_reward_model(model, tokenizer, pairs: Sequence[PrefExample], cfg, logger=None) -> dict[str, Any]:
     """Bradley–Terry training in place; per-step loss, accuracy and margin go to ``logger``."""
-    from rlvr.rewards.reward_model import score_ids
-
     pad = _pad_id(tokenizer)
     n, bs = len(pairs), max(1, cfg.pref.batch_size)
     opt, sched = oc.make_optimizer(model.parameters(), cfg.optim,
@@ -90,10 +87,6 @@ def train_reward_model(model, tokenizer, pairs: Sequence[PrefExample], cfg, logg
 @rlvr.algorithm("rm")
 def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     """Bradley–Terry reward model on preference pairs; reports pairwise accuracy."""
-    from rlvr.core.models import pick_device
-    from rlvr.data.preferences import load_preference_data
-    from rlvr.rewards.reward_model import build_reward_model, save_reward_model
-
     if cfg.model.lora_rank:
         raise ValueError("model.lora_rank > 0 is not supported by the rm learner; use full fine-tuning")
     oc.seed_everything(cfg.run.seed)

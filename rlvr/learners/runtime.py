@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rlvr.core.config import dump_config
+
 log = logging.getLogger(__name__)
 
 #: A run whose optimizer steps are skipped this many times in a row stops: the weights are fine
@@ -100,8 +102,6 @@ class GuardedStep:
 
 def run_dir(cfg, output_dir: str | Path | None = None) -> Path:
     """The run directory, with the run's ``config.yaml`` (kept as it is when the run resumes)."""
-    from rlvr.core.config import dump_config
-
     out = Path(output_dir or cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if not ((out / "config.yaml").exists() and cfg.run.resume):

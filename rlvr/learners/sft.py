@@ -12,19 +12,19 @@ Loop: data → (batch → micro-batches → backward) → clip → step → log 
 from __future__ import annotations
 
 import logging
-import math
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 import rlvr
-from rlvr.learners.batch import collate, token_logprobs
-from rlvr.learners import offline_common as oc
-from rlvr.learners.runtime import GuardedStep
 from rlvr.algorithms.pref_losses import masked_nll_sum
+from rlvr.core.models import load_policy, pick_device
 from rlvr.core.types import Trajectory
+from rlvr.data.preferences import load_sft_data
+from rlvr.learners import offline_common as oc
+from rlvr.learners.batch import collate, token_logprobs
+from rlvr.learners.runtime import GuardedStep
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,6 @@ def train_on_trajectories(model, tokenizer, trajectories: Sequence[Trajectory], 
 @rlvr.algorithm("sft")
 def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     """Supervised fine-tuning on completion tokens (prompt/completion, messages or token rows)."""
-    from rlvr.core.models import load_policy, pick_device
-    from rlvr.data.preferences import load_sft_data
-
     if cfg.model.lora_rank:
         raise ValueError("model.lora_rank > 0 is not supported by the sft learner; use full fine-tuning")
     oc.seed_everything(cfg.run.seed)

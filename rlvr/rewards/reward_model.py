@@ -20,6 +20,8 @@ from typing import Any, Sequence
 
 import torch
 
+from rlvr.core.models import pick_device, resolve_model_path
+
 META_FILE = "rlvr_reward_model.json"
 
 
@@ -27,7 +29,6 @@ def build_reward_model(model_cfg, device: str | None = None):
     """A fresh reward model (random head) on the body named by a :class:`rlvr.core.config.ModelConfig`."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rlvr.core.models import pick_device, resolve_model_path
 
     location, gguf = resolve_model_path(model_cfg.name_or_path, model_cfg)
     kw = {"gguf_file": gguf} if gguf else {}
@@ -48,7 +49,6 @@ def load_reward_model(path: str | Path, device: str | None = None):
     """``(model, tokenizer, meta)`` of a reward model saved by :func:`save_reward_model`."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from rlvr.core.models import pick_device
 
     p = check_reward_model_dir(path)
     tokenizer = AutoTokenizer.from_pretrained(p)

@@ -1,23 +1,6 @@
-"""The reward specification — verifiers and reward models in one place — and the rewards that come
-from models rather than verifiers (Bradley–Terry reward models), mixed in after rollout.
-
-``reward`` (a top-level config key) maps each reward source to its weight::
-
-    reward:
-      qa_em: 1.0                                   # a verifier: name → weight
-      rm: {model: runs/rm_tiny/final, weight: 0.5} # a reward model: name → {model: PATH, weight}
-
-Shorthands: ``reward: model PATH`` (the whole reward is one reward model, weight 1),
-``reward: {model: PATH, ...}`` and ``NAME: model PATH`` (a reward model of weight 1 beside other
-entries). A reward model without a name is called ``rm``. The total reward of a trajectory is
-``Σ_v w_v · verifier_v + Σ_m w_m · (RM_m(x, y) − mean_m)``; each part is kept unweighted in
-``Trajectory.reward_parts`` (``qa_em``, ``model:rm``) and logged as ``reward/<part>``.
-
-Older spellings still work and merge into the same specification: ``env.verifiers`` (verifier
-weights; a verifier weighted in both places is an error) and ``rl.reward_model`` with
-``rl.reward_model_weight`` (a reward model called ``rm``). When reward models are named but no
-verifier is, the environment's own verifiers still run at weight 0, so ``reward/accuracy`` and
-their parts are logged without entering the reward.
+"""The rewards that come from models rather than verifiers (Bradley–Terry reward models), mixed in
+after rollout, and the checks of a run's reward specification (:mod:`rlvr.core.reward_spec`)
+against the registry and the filesystem.
 
 PPO-RLHF (Ziegler et al. 2019, https://arxiv.org/abs/1909.08593; Stiennon et al. 2020) trains
 against ``r(x, y) - mean_ref`` where ``mean_ref`` is the reward model's mean over a reference set,
@@ -32,154 +15,32 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-from dataclasses import dataclass, field
 from typing import Any
 
+from rlvr.core.models import pick_device
+from rlvr.core.registry import ENVIRONMENTS, VERIFIERS
+from rlvr.core.reward_spec import (PART_PREFIX, ModelReward, RewardSpec, parse_reward,
+                                   parse_reward_spec)
 from rlvr.core.types import Trajectory
+from rlvr.rewards.reward_model import check_reward_model_dir, load_reward_model, score_texts
 
 log = logging.getLogger(__name__)
 
-#: Name of a reward model given without one (``reward: model PATH``, ``rl.reward_model``).
-DEFAULT_MODEL_NAME = "rm"
-#: Prefix of a reward model's key in ``Trajectory.reward_parts`` (logged as ``reward/model:NAME``).
-PART_PREFIX = "model:"
-
-
-@dataclass(frozen=True)
-class ModelReward:
-    """One reward model in the reward: ``weight × (score − reference mean)``."""
-
-    name: str
-    """Its part's name: ``reward_parts["model:<name>"]``."""
-    path: str
-    """Directory saved by ``rlvr train rm`` (``final/``)."""
-    weight: float = 1.0
-    """Weight of its normalised score in the total reward."""
-    source: str = "reward"
-    """The config key that named it, for error messages (``reward.rm.model``, ``rl.reward_model``)."""
-
-
-@dataclass
-class RewardSpec:
-    """The whole reward of an RL run."""
-
-    verifiers: dict[str, float] = field(default_factory=dict)
-    """Verifier name → weight handed to the environment; empty = the environment's default."""
-    models: list[ModelReward] = field(default_factory=list)
-    """Reward models whose weighted, normalised scores are added after rollout."""
-
-
-_FORMS = ("a mapping of verifier name → weight and reward models (NAME: {model: PATH, weight: W}), "
-          "or 'model PATH'")
-
-
-def _weight(value: Any, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{key}: expected a finite number (a weight), got {value!r}")
-    return float(value)
-
-
-def _path(value: Any, key: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{key}: missing the path of a reward model directory (e.g. "
-                         f"runs/rm_tiny/final), got {value!r}")
-    return value.strip()
-
-
-def _model_string(value: str, key: str) -> str | None:
-    """``'model PATH'`` → PATH; any other string → None."""
-    head, _, rest = value.strip().partition(" ")
-    if head != "model":
-        return None
-    return _path(rest, f"{key} (model PATH)")
-
-
-def reward_as_mapping(value: str) -> str | dict[str, str]:
-    """``'model PATH'`` → ``{"model": PATH}`` (the same reward); any other string unchanged."""
-    head, _, rest = value.strip().partition(" ")
-    return {"model": rest.strip()} if head == "model" and rest.strip() else value
-
-
-def parse_reward(value: Any, key: str = "reward") -> tuple[dict[str, float], list[ModelReward]]:
-    """The ``reward`` config value → (verifier weights, reward models). Checks shapes only (no
-    registry or filesystem look-ups), naming the bad key."""
-    if value is None:
-        return {}, []
-    if isinstance(value, str):
-        path = _model_string(value, key)
-        if path is None:
-            raise ValueError(f"{key}: expected {_FORMS}; got {value!r}")
-        return {}, [ModelReward(DEFAULT_MODEL_NAME, path, 1.0, key)]
-    if not isinstance(value, dict):
-        raise ValueError(f"{key}: expected {_FORMS}; got {type(value).__name__}")
-    verifiers: dict[str, float] = {}
-    models: list[ModelReward] = []
-    for name, entry in value.items():
-        name = str(name)
-        k = f"{key}.{name}"
-        if name == "model":  # model: PATH — the unnamed reward model
-            if isinstance(entry, dict):
-                raise ValueError(f"{k}: give a path (model: PATH), or name the reward model "
-                                 f"({key}.NAME: {{model: PATH, weight: W}})")
-            models.append(ModelReward(DEFAULT_MODEL_NAME, _path(entry, k), 1.0, k))
-        elif isinstance(entry, dict):
-            unknown = sorted(set(map(str, entry)) - {"model", "weight"})
-            if unknown:
-                raise ValueError(f"{k}: unknown key {unknown[0]!r}; a reward model entry takes "
-                                 f"model (its directory) and weight")
-            models.append(ModelReward(name, _path(entry.get("model"), f"{k}.model"),
-                                      _weight(entry.get("weight", 1.0), f"{k}.weight"), f"{k}.model"))
-        elif isinstance(entry, str):
-            path = _model_string(entry, k)
-            if path is None:
-                raise ValueError(f"{k}: expected a verifier weight, {{model: PATH, weight: W}} or "
-                                 f"'model PATH'; got {entry!r}")
-            models.append(ModelReward(name, path, 1.0, k))
-        else:
-            verifiers[name] = _weight(entry, k)
-    _check_unique(models)
-    return verifiers, models
-
-
-def _check_unique(models: list[ModelReward]) -> None:
-    seen: dict[str, str] = {}
-    for m in models:
-        if m.name in seen:
-            raise ValueError(f"{seen[m.name]} and {m.source} both name reward model {m.name!r}; "
-                             f"keep one, or give them different names")
-        seen[m.name] = m.source
-
-
 def reward_spec(cfg, *, check: bool = True) -> RewardSpec:
-    """The run's whole reward: ``reward`` merged with ``env.verifiers`` and ``rl.reward_model``.
+    """The run's whole reward (:func:`rlvr.core.reward_spec.parse_reward_spec`).
 
     ``check``: also look up each verifier in the registry and each reward model's directory on
     disk (without loading weights), so a bad name or path fails before any model is loaded.
     """
-    verifiers, models = parse_reward(getattr(cfg, "reward", None))
-    for name, w in (cfg.env.verifiers or {}).items():
-        if name in verifiers:
-            raise ValueError(f"reward.{name} and env.verifiers.{name} both weight verifier {name!r}; "
-                             f"give it once (reward holds verifiers and reward models together)")
-        verifiers[name] = _weight(w, f"env.verifiers.{name}")
-    if cfg.rl.reward_model:
-        models.append(ModelReward(DEFAULT_MODEL_NAME, _path(cfg.rl.reward_model, "rl.reward_model"),
-                                  _weight(cfg.rl.reward_model_weight, "rl.reward_model_weight"),
-                                  "rl.reward_model"))
-        _check_unique(models)
+    spec = parse_reward_spec(cfg)
     if check:
-        _check_verifiers(verifiers, cfg)
-        from rlvr.rewards.reward_model import check_reward_model_dir
-
-        for m in models:
+        _check_verifiers(spec.verifiers, cfg)
+        for m in spec.models:
             check_reward_model_dir(m.path, m.source)
-    return RewardSpec(verifiers, models)
+    return spec
 
 
 def _check_verifiers(verifiers: dict[str, float], cfg) -> None:
-    from rlvr.core.registry import VERIFIERS
-
     from_reward = set(parse_reward(getattr(cfg, "reward", None))[0])
     for name in verifiers:
         if name not in VERIFIERS:
@@ -196,8 +57,6 @@ def env_config(cfg):
     spec = reward_spec(cfg)
     verifiers = dict(spec.verifiers)
     if spec.models and not verifiers:
-        from rlvr.core.registry import ENVIRONMENTS
-
         verifiers = {name: 0.0 for name in getattr(ENVIRONMENTS.get(cfg.env.name), "verifiers", {})}
     return dataclasses.replace(cfg.env, verifiers=verifiers)
 
@@ -209,8 +68,6 @@ _LOADED: dict[tuple[str, str], dict[str, Any]] = {}
 def _get(m: ModelReward, device: str) -> dict[str, Any]:
     key = (m.path, device)
     if key not in _LOADED:
-        from rlvr.rewards.reward_model import check_reward_model_dir, load_reward_model
-
         check_reward_model_dir(m.path, m.source)
         model, tokenizer, meta = load_reward_model(m.path, device)
         mean = meta.get("reference_mean")
@@ -237,8 +94,6 @@ def add_model_rewards(trajectories: list[Trajectory], prompts: list[str], comple
                          f"and {len(completions)} completions must have one length")
     if not trajectories:
         return
-    from rlvr.core.models import pick_device
-    from rlvr.rewards.reward_model import score_texts
 
     device = pick_device(cfg.run.device)
     texts = [(p or "") + (c or "") for p, c in zip(prompts, completions)]

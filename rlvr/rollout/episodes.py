@@ -20,9 +20,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
-from rlvr.engines.base import Completion, SamplingParams, open_session
 from rlvr.core.environment import Environment, StepResult
+from rlvr.core.registry import ENVIRONMENTS
 from rlvr.core.types import Task, Trajectory, Turn
+from rlvr.engines.base import Completion, SamplingParams, open_session
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ def make_env_factory(env_cfg) -> Callable[[], Environment]:
     then the environment's ``preflight`` checks what they point at (a retrieval server, the code
     sandbox) and one environment is built: a bad setting fails before any model loads or any
     episode runs, with a message that names it."""
-    from rlvr.core.registry import ENVIRONMENTS
-
     cls = ENVIRONMENTS.get(env_cfg.name)
     settings = dict(env_cfg.settings or {})
     if env_cfg.verifiers:
@@ -292,7 +291,7 @@ def _score_all(episodes: list[_Episode], tokenizer, timeout_s: float) -> None:
     episode's ``score_error`` (naming the phase, the task and the deadline), and a fresh thread
     scores the rest. A Python call cannot be killed, so the stuck thread is abandoned (it dies
     with the process); a verifier that can hang for real belongs in the verifier pool's worker
-    processes (``rlvr.rewards.scoring``), as math-verify is."""
+    processes (``rlvr.core.scoring``), as math-verify is."""
     jobs = [ep for ep in episodes if _prepare_score(ep)]
     completions = [tokenizer.decode(ep.traj.completion_ids, skip_special_tokens=False) for ep in jobs]
     if not timeout_s:  # no deadline to keep: score in this thread (a handoff costs ~1 ms)

@@ -22,7 +22,7 @@ from rlvr.core.types import Trajectory
 
 PHASES = ("reset", "engine", "step", "score", "verifier", "retrieval")
 _PREFIX = {"reset failed": "reset", "engine failed": "engine", "step failed": "step"}
-#: substrings of a Score reason that mean the verifier itself failed (see rlvr.rewards.scoring)
+#: substrings of a Score reason that mean the verifier itself failed (see rlvr.core.scoring)
 _VERIFIER_FAILED = ("verifier timed out", "verifier worker crashed", "could not be sent to a",
                     "raised ", "returned ")
 

@@ -92,7 +92,7 @@ def segments(token_ids: list[int], loss_mask: list[int], prompt_len: int) -> lis
 
 
 def split_reasons(reason: str, names: Iterable[str]) -> dict[str, str]:
-    """Per-verifier reasons out of :func:`rlvr.rewards.scoring.combine`'s ``"name: why; name2: why"``;
+    """Per-verifier reasons out of :func:`rlvr.core.scoring.combine`'s ``"name: why; name2: why"``;
     a reason that names no verifier goes under ``""``."""
     names = set(names)
     out: dict[str, str] = {}

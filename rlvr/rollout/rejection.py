@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rlvr.core.types import Task, Trajectory
+from rlvr.rollout.episodes import collect
 
 
 def accepted(traj: Trajectory, min_reward: float = 1.0) -> bool:
@@ -80,8 +81,6 @@ def rejection_sample(engine, tokenizer, env_factory: Callable, tasks: Sequence[T
                      min_reward: float = 1.0, batch_tasks: int = 16, seed: int | None = None,
                      ) -> dict[str, Any]:
     """Sample, filter and write ``out_path`` (JSONL). Returns counts and the acceptance rate."""
-    from rlvr.rollout.episodes import collect
-
     if mode not in ("sft", "pairs"):
         raise ValueError(f"rejection sampling mode must be 'sft' or 'pairs', got {mode!r}")
     if samples_per_prompt < 1:

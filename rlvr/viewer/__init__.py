@@ -15,6 +15,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from rlvr.learners.metrics import read_metrics
+from rlvr.rollout.log import ROLLOUT_DIR, read_run
+
 HERE = Path(__file__).parent
 #: per-record fields the page does not use (kept in the log files)
 _DROP = ("info",)
@@ -28,9 +31,6 @@ def load_run(run_dir: str | Path, name: str | None = None, max_steps: int = 0) -
     """What the page shows of one directory: numeric metrics per step, logged trajectories by step
     (``"eval"`` for an evaluation), and an evaluation's report. A directory with neither metrics
     nor rollouts is refused, saying what was looked for."""
-    from rlvr.learners.metrics import read_metrics
-    from rlvr.rollout.log import ROLLOUT_DIR, read_run
-
     d = Path(run_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: no such run directory")

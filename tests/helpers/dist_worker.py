@@ -8,15 +8,14 @@ import os
 import sys
 
 import torch
-
-from rlvr.learners.batch import collate
-from rlvr.core.config import TrainConfig
-from rlvr.learners import common
-from rlvr.core.models import build_tiny_model, build_tiny_tokenizer
-from rlvr.core.registry import ALGORITHMS
-from rlvr.core.types import Task, Trajectory
-
 from grads import record_gradients  # tests/helpers, this script's folder
+
+from rlvr.core.config import TrainConfig
+from rlvr.core.models import build_tiny_model, build_tiny_tokenizer
+from rlvr.core.types import Task, Trajectory
+from rlvr.learners import common
+from rlvr.learners.batch import collate
+from rlvr.learners.dispatch import learner_for
 
 TASKS = [Task(f"q{i}", [str(i)], id=f"t{i}") for i in range(4)]
 
@@ -55,7 +54,7 @@ def main(out: str, algorithm: str) -> None:
     tok = build_tiny_tokenizer()
     model = build_tiny_model(tok, hidden_size=32, num_layers=1, seed=0)
     with record_gradients() as grads:
-        report = ALGORITHMS.get(algorithm)(cfg, model=model, tokenizer=tok, tasks=TASKS)
+        report = learner_for(algorithm)(cfg, model=model, tokenizer=tok, tasks=TASKS)
     rank = int(os.environ.get("RANK", "0"))
     torch.save({"grads": grads, "final": report["final"]}, os.path.join(out, f"rank{rank}.pt"))
 

@@ -15,6 +15,7 @@ import os
 import threading
 
 from rlvr.verifiers.sandbox.base import STATUSES, ExecResult, Limits, SandboxUnavailable
+from rlvr.verifiers.sandbox.local import LocalBackend
 from rlvr.verifiers.sandbox.pool import Job, SandboxPool
 
 __all__ = ["STATUSES", "ExecResult", "Job", "Limits", "SandboxPool", "SandboxUnavailable",
@@ -28,8 +29,6 @@ _lock = threading.Lock()
 def make_backend(name: str = "local", **options):
     """A new backend by name; ``options`` go to its constructor."""
     if name == "local":
-        from rlvr.verifiers.sandbox.local import LocalBackend
-
         return LocalBackend(**options)
     if name == "docker":
         from rlvr.verifiers.sandbox.docker_backend import DockerBackend

@@ -11,6 +11,7 @@ import selectors
 import signal
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 #: ``ok``: exit 0; ``error``: a non-zero exit (exceptions, failed asserts, MemoryError);
@@ -169,3 +170,45 @@ def kill_uid(uid: int) -> int:
         except (OSError, ValueError):
             continue
     return n
+
+
+# -- the launcher's protocol (the local and bubblewrap backends) ---------------------------------
+
+#: The program that applies rlimits inside the sandbox and reports on its status pipe.
+LAUNCHER = Path(__file__).with_name("_launcher.py")
+
+
+def classify(events: dict, why: str, stdout: str, stderr: str, truncated: bool, duration: float,
+             limits: Limits, info: dict) -> ExecResult:
+    """The status of a finished run from the reader's verdict and the launcher's exit record."""
+    if why == "timeout":
+        return ExecResult("timeout", None, stdout, stderr, duration, truncated, None, info)
+    if why == "output_limit":
+        return ExecResult("output_limit", None, stdout, stderr, duration, True, None, info)
+    if "exit" in events:
+        code = events["exit"]
+        return ExecResult("ok" if code == 0 else "error", code, stdout, stderr, duration,
+                          truncated, None, info)
+    if "signal" in events:
+        sig = events["signal"]
+        # SIGXCPU at the soft CPU limit, SIGKILL at the hard one: a timeout, not a crash
+        cpu_out = sig == 24 or (sig == 9 and limits.cpu_s and duration >= limits.cpu_s)
+        return ExecResult("timeout" if cpu_out else "killed", None, stdout, stderr, duration,
+                          truncated, sig, info)
+    return ExecResult("sandbox_error", None, stdout, stderr or "the launcher exited without a status",
+                      duration, truncated, None, info)
+
+
+def parse_status(line: str, events: dict) -> None:
+    """One ``key value`` line of the launcher's status pipe into ``events``."""
+    key, _, value = line.strip().partition(" ")
+    try:
+        if key == "layer":
+            name, _, on = value.partition(" ")
+            events["layers"][name] = on == "1"
+        elif key == "warn":
+            events["warnings"].append(value)
+        elif key in ("uid", "child_pid", "launcher_pid", "exit", "signal"):
+            events[key] = None if value == "-1" and key == "uid" else int(value)
+    except ValueError:
+        pass

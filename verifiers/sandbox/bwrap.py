@@ -15,8 +15,8 @@ import shutil
 import subprocess
 import time
 
-from rlvr.verifiers.sandbox.base import ExecResult, Limits, kill_group, kill_uid, read_capped
-
+from rlvr.verifiers.sandbox.base import (LAUNCHER, ExecResult, Limits, classify, kill_group,
+                                         kill_uid, parse_status, read_capped)
 
 _counter = itertools.count()
 
@@ -58,8 +58,6 @@ def command(backend, scratch: str, status_fd: int, tmpfs_mb: int = 64) -> list[s
             made.add(a)
         argv += ["--symlink", links[path], path] if path in links else ["--ro-bind", path, path]
     argv += ["--bind", scratch, "/sandbox", "--chdir", "/sandbox"]
-    from rlvr.verifiers.sandbox.local import LAUNCHER
-
     # a virtual environment's python is a symlink out of it; unless site-packages are wanted (and
     # the environment is bound), run the interpreter it points to
     python = backend.python if backend.site_packages else os.path.realpath(backend.python)
@@ -72,8 +70,6 @@ def command(backend, scratch: str, status_fd: int, tmpfs_mb: int = 64) -> list[s
 
 def run(backend, scratch: str, lim: dict, limits: Limits, timeout_s: float, t0: float) -> ExecResult:
     """One program under bubblewrap; the launcher inside applies rlimits and reports on fd 3."""
-    from rlvr.verifiers.sandbox.local import _parse_status, classify
-
     cfg = {"scratch": "/sandbox", "program": "/sandbox/main.py", "stdin": "/sandbox/stdin.txt",
            "limits": lim, "namespaces": False, "tmpfs_mb": limits.tmpfs_mb,
            "uid_base": backend.uid_base, "uid_fixed": _next_uid(backend.uid_base),
@@ -100,7 +96,7 @@ def run(backend, scratch: str, lim: dict, limits: Limits, timeout_s: float, t0: 
         proc.stderr.close()
         os.close(r)
     for line in buf.decode("utf-8", "replace").splitlines():
-        _parse_status(line, events)
+        parse_status(line, events)
     uid_drop = bool(events["layers"].get("uid_drop"))
     if events.get("uid") is not None:
         kill_uid(events["uid"])  # belt and braces: bwrap's pid namespace already took them

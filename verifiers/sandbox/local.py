@@ -28,14 +28,14 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
-from rlvr.verifiers.sandbox.base import (ExecResult, Limits, SandboxUnavailable, decode, kill_group,
-                                         kill_pid, kill_uid, read_capped)
+from rlvr.verifiers.sandbox import bwrap
+from rlvr.verifiers.sandbox.base import (LAUNCHER, ExecResult, Limits, SandboxUnavailable, classify,
+                                         decode, kill_group, kill_pid, kill_uid, parse_status,
+                                         read_capped)
 
 log = logging.getLogger(__name__)
 
-LAUNCHER = Path(__file__).with_name("_launcher.py")
 _warned: set[str] = set()
 _warn_lock = threading.Lock()
 
@@ -105,8 +105,6 @@ class LocalBackend:
             self.binds.append(os.path.realpath(sys.prefix))
         self.links = _links(self.binds)
         if isolation == "bwrap":
-            from rlvr.verifiers.sandbox import bwrap
-
             if not bwrap.available():
                 raise SandboxUnavailable(
                     "isolation='bwrap' but bubblewrap is not installed (apt-get install -y bubblewrap)")
@@ -184,8 +182,6 @@ class LocalBackend:
         lim = {"cpu_s": cpu_s, "memory_mb": limits.memory_mb, "file_size_mb": limits.file_size_mb,
                "open_files": limits.open_files, "processes": limits.processes}
         if self.isolation == "bwrap" or self._fallback_bwrap:
-            from rlvr.verifiers.sandbox import bwrap
-
             return bwrap.run(self, scratch, lim, limits, timeout_s, t0)
         cfg = {"scratch": scratch, "program": prog_path, "stdin": stdin_path,
                "limits": lim, "namespaces": self.isolation == "auto", "tmpfs_mb": limits.tmpfs_mb,
@@ -200,8 +196,6 @@ class LocalBackend:
         result = self._launch(cfg_path, timeout_s, limits, t0)
         layers = result.info.get("layers") or {}
         if self.isolation == "auto" and layers and not layers.get("pid_ns"):
-            from rlvr.verifiers.sandbox import bwrap
-
             if bwrap.available():  # e.g. a kernel that only lets setuid bwrap create namespaces
                 warn_once("built-in namespaces unavailable: later runs use bubblewrap")
                 self._fallback_bwrap = True
@@ -251,7 +245,7 @@ class LocalBackend:
                 done.append(True)  # the launcher exited
             *lines, rest = status_buf.split(b"\n")
             for line in lines:
-                _parse_status(line.decode("utf-8", "replace"), events)
+                parse_status(line.decode("utf-8", "replace"), events)
             status_buf[:] = rest
 
         def finished() -> bool:
@@ -272,7 +266,7 @@ class LocalBackend:
                 if "launcher_pid" in events:
                     kill_group(events["launcher_pid"])
         if status_buf:
-            _parse_status(status_buf.decode("utf-8", "replace"), events)
+            parse_status(status_buf.decode("utf-8", "replace"), events)
         if not events["layers"].get("pid_ns") and events.get("uid") is not None:
             for _ in range(5):  # no pid namespace: sweep the run's private uid for leftovers
                 if kill_uid(events["uid"]) == 0:
@@ -282,39 +276,3 @@ class LocalBackend:
         info = {"layers": events["layers"], "warnings": events["warnings"], "backend": self.name}
         return classify(events, why, decode(out), decode(err), truncated,
                         time.monotonic() - t0, limits, info)
-
-
-def classify(events: dict, why: str, stdout: str, stderr: str, truncated: bool, duration: float,
-             limits: Limits, info: dict) -> ExecResult:
-    """The status of a finished run from the reader's verdict and the launcher's exit record."""
-    if why == "timeout":
-        return ExecResult("timeout", None, stdout, stderr, duration, truncated, None, info)
-    if why == "output_limit":
-        return ExecResult("output_limit", None, stdout, stderr, duration, True, None, info)
-    if "exit" in events:
-        code = events["exit"]
-        return ExecResult("ok" if code == 0 else "error", code, stdout, stderr, duration,
-                          truncated, None, info)
-    if "signal" in events:
-        sig = events["signal"]
-        # SIGXCPU at the soft CPU limit, SIGKILL at the hard one: a timeout, not a crash
-        cpu_out = sig == 24 or (sig == 9 and limits.cpu_s and duration >= limits.cpu_s)
-        return ExecResult("timeout" if cpu_out else "killed", None, stdout, stderr, duration,
-                          truncated, sig, info)
-    return ExecResult("sandbox_error", None, stdout, stderr or "the launcher exited without a status",
-                      duration, truncated, None, info)
-
-
-def _parse_status(line: str, events: dict) -> None:
-    """One ``key value`` line of the launcher's status pipe into ``events``."""
-    key, _, value = line.strip().partition(" ")
-    try:
-        if key == "layer":
-            name, _, on = value.partition(" ")
-            events["layers"][name] = on == "1"
-        elif key == "warn":
-            events["warnings"].append(value)
-        elif key in ("uid", "child_pid", "launcher_pid", "exit", "signal"):
-            events[key] = None if value == "-1" and key == "uid" else int(value)
-    except ValueError:
-        pass

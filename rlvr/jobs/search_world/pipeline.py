@@ -36,8 +36,17 @@ from pathlib import Path
 from typing import Any
 
 from rlvr.core.config import BUNDLED_CONFIGS, EnvConfig, TrainConfig, load_config
-from rlvr.jobs.search_world.expert import ExpertConfig
-from rlvr.jobs.search_world.world import QUESTION_TYPES, WorldConfig
+from rlvr.core.models import build_tiny_model, build_tiny_tokenizer
+from rlvr.data.tasks import row_to_task
+from rlvr.eval.benchmarks import evaluate
+from rlvr.jobs.search_world.expert import ExpertConfig, expert_trajectories
+from rlvr.jobs.search_world.world import QUESTION_TYPES, WorldConfig, build_world, write_world
+from rlvr.learners.dispatch import learner_for
+from rlvr.learners.metrics import MetricsLogger, plot_metrics
+from rlvr.learners.sft import train_on_trajectories
+from rlvr.retrieval.bm25 import BM25Index
+from rlvr.retrieval.corpus import Passage
+from rlvr.rollout.episodes import make_env_factory
 
 log = logging.getLogger(__name__)
 
@@ -138,19 +147,12 @@ def _stage(msg: str, t0: float) -> None:
 
 
 def _tasks(rows: list[dict], limit: int = 0) -> list:
-    from rlvr.data.tasks import row_to_task
-
     rows = rows[:limit] if limit else rows
     return [row_to_task(r, r["id"], where=f"world question {r['id']}") for r in rows]
 
 
 def build_job(cfg: DefaultJobConfig, out: Path):
     """World files, tokenizer, BM25 index and untrained model of a job. Returns a dict of parts."""
-    from rlvr.core.models import build_tiny_model, build_tiny_tokenizer
-    from rlvr.retrieval.bm25 import BM25Index
-    from rlvr.retrieval.corpus import Passage
-    from rlvr.jobs.search_world.world import build_world, write_world
-
     w = cfg.world
     world = build_world(WorldConfig(**{f.name: getattr(w, f.name) for f in fields(WorldConfig)}
                                     | {"question_types": tuple(w.question_types)}))
@@ -189,8 +191,6 @@ def _sft_config(cfg: DefaultJobConfig, steps: int, lr: float) -> DefaultJobConfi
 
 
 def _em(model, tokenizer, tasks, factory, cfg: DefaultJobConfig, name: str) -> dict[str, float]:
-    from rlvr.eval.benchmarks import evaluate
-
     if not tasks:
         return {"n": 0, "em": math.nan, "searches": math.nan, "answered": math.nan}
     res = evaluate(model, tokenizer, {name: tasks}, factory, cfg=cfg.rollout,
@@ -215,11 +215,6 @@ def run_job(cfg: DefaultJobConfig) -> dict[str, Any]:
     """The whole job for a loaded config; returns the report (also written to report.json)."""
     import torch
 
-    from rlvr.jobs.search_world.expert import expert_trajectories
-    from rlvr.learners.sft import train_on_trajectories
-    from rlvr.learners.metrics import MetricsLogger
-    from rlvr.core.registry import ALGORITHMS
-    from rlvr.rollout.episodes import make_env_factory
 
     t0, cpu0 = time.perf_counter(), time.process_time()
     out = Path(cfg.run.output_dir)
@@ -299,7 +294,7 @@ def run_job(cfg: DefaultJobConfig) -> dict[str, Any]:
     if cfg.eval.mask_ablation and cfg.rl.mask_observations:
         runs.append(("rl_no_mask", False, out / "no_mask"))
     sft_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    learner = ALGORITHMS.get(cfg.algorithm)
+    learner = learner_for(cfg.algorithm)
     train_after, t_rl = {}, {}
     for name, mask, run_dir in runs:
         t1 = time.perf_counter()
@@ -359,8 +354,6 @@ def run_job(cfg: DefaultJobConfig) -> dict[str, Any]:
 def plot_curves(runs: dict[str, Path], out_png: Path) -> Path:
     """Reward on training rollouts, held-out EM and searches per trajectory against RL step, one
     line per RL run (label → its metrics.jsonl)."""
-    from rlvr.learners.metrics import plot_metrics
-
     return plot_metrics(runs, out_png, keys=("reward/mean", "eval/em", "eval/searches",
                                              "env/searches"))
 

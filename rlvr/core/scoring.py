@@ -173,7 +173,7 @@ class VerifierPool:
         self.ctx = mp.get_context(start_method)
         if start_method == "forkserver":
             # Workers fork from a server that has already imported the slow modules (~1 s).
-            self.ctx.set_forkserver_preload(["rlvr.rewards.scoring", "rlvr.verifiers.math", "math_verify"])
+            self.ctx.set_forkserver_preload(["rlvr.core.scoring", "rlvr.verifiers.math", "math_verify"])
         elif start_method == "fork":
             _preload()  # imported once here, shared copy-on-write by every worker and replacement
         self.size = workers

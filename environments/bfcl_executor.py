@@ -38,8 +38,8 @@ import json
 import threading
 from typing import Any
 
-from rlvr.data.bfcl import INSTALL_HINT, _rows, data_dir
 from rlvr.core.types import Score
+from rlvr.data.bfcl import INSTALL_HINT, _rows, data_dir
 
 #: multi-turn categories this module runs (the others need long contexts or missing functions)
 MULTI_TURN = ("multi_turn_base",)
@@ -262,7 +262,7 @@ def _fail(turns_ok: int, n: int, reason: str) -> Score:
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m rlvr.eval.bfcl_multi_turn [LIMIT]``: the ground truth checked against itself."""
+    """``python -m rlvr.environments.bfcl_executor [LIMIT]``: the ground truth checked against itself."""
     entries = load_entries(limit=int(argv[0]) if argv else 0)
     bad = [(e["id"], s.reason) for e in entries if not (s := check(e["ground_truth"], e)).correct]
     print(f"{len(entries) - len(bad)}/{len(entries)} ground truths pass; failing: {bad[:5]}")
