@@ -204,7 +204,7 @@ def test_sandbox_preflight_fails_the_factory_with_the_reason(monkeypatch):
             return {"backend": "local", "works": False, "status": "sandbox_error",
                     "warnings": ["user namespaces are disabled"]}
 
-    monkeypatch.setattr(sandbox, "get_backend", lambda: Broken())
+    monkeypatch.setattr(code_mod, "get_backend", lambda: Broken())  # the preflight's
     for name in ("code", "code_multiturn"):
         with pytest.raises(ValueError, match=r"code sandbox \(local\) cannot run a probe program "
                                              r"here \(status sandbox_error; user namespaces"):
@@ -213,7 +213,7 @@ def test_sandbox_preflight_fails_the_factory_with_the_reason(monkeypatch):
     def unavailable():
         raise sandbox.SandboxUnavailable("no Docker engine reachable")
 
-    monkeypatch.setattr(sandbox, "get_backend", unavailable)
+    monkeypatch.setattr(code_mod, "get_backend", unavailable)
     with pytest.raises(ValueError, match="code sandbox is unavailable: no Docker engine"):
         make_env_factory(EnvConfig(name="code"))
     monkeypatch.undo()

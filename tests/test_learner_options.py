@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from rlvr.core.registry import ALGORITHMS
+from rlvr.learners.dispatch import learner_for
 from rlvr.core.types import Task, Trajectory
 from rlvr.learners import common
 from rlvr.learners.batch import collate
@@ -33,7 +33,7 @@ def _model(tokenizer):
 
 
 def _learner(algorithm):
-    return ALGORITHMS.get(algorithm)
+    return learner_for(algorithm)
 
 
 def _traj(i, sampled, *, reward, finish="eos", group=None):

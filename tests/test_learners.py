@@ -33,12 +33,12 @@ def fresh_model(tiny_tokenizer):
 ])
 def test_learner_runs_two_steps_and_changes_weights(tmp_path, tiny_tokenizer, fresh_model, algorithm, rl):
     from rlvr.data.tasks import load_tasks
-    from rlvr.core.registry import ALGORITHMS
+    from rlvr.learners.dispatch import learner_for
 
     # an entropy bonus guarantees a gradient even when every reward of the random model is 0
     cfg = _cfg(tmp_path, algorithm, entropy_coef=0.01, **rl)
     before = [p.detach().clone() for p in fresh_model.parameters()]
-    train = ALGORITHMS.get(algorithm)
+    train = learner_for(algorithm)
     evals = []
     report = train(cfg, model=fresh_model, tokenizer=tiny_tokenizer, tasks=load_tasks("calculator", 8),
                    eval_fn=lambda model, tok: evals.append(1) or {"score": 0.5})

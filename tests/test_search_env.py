@@ -206,10 +206,8 @@ def test_retriever_settings_are_checked():
 
 
 def test_index_is_loaded_once_per_path(tmp_path, monkeypatch):
-    import rlvr.retrieval.base as base
-
     loads = []
-    monkeypatch.setattr(base, "load_index", lambda d: loads.append(d) or FakeIndex())
+    monkeypatch.setattr(search_mod, "load_index", lambda d: loads.append(d) or FakeIndex())
     monkeypatch.setattr(search_mod, "_INDEXES", {})
     a = SearchEnv(index_dir=str(tmp_path))
     b = SearchEnv(index_dir=str(tmp_path) + "/.")

@@ -30,22 +30,20 @@ program that exits early with status 0 (``sys.exit(0)`` before the tests) earns 
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
-import threading
 from typing import Any
 
 import rlvr
 from rlvr.core.types import Score
 from rlvr.verifiers.sandbox import Job, Limits, SandboxPool, get_backend
+from rlvr.verifiers.sandbox.pool import PerProcess
 
 MAX_CODE_CHARS = 100_000  # longer "code" is not a solution, and compiling it costs time
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _CODE_LANGS = {"", "python", "py", "python3", "py3"}
 
-_pool = None
-_pool_lock = threading.Lock()
+_pool = PerProcess(lambda: SandboxPool(get_backend(), workers=2))
 
 
 def extract_code(completion: str) -> str:
@@ -60,23 +58,10 @@ def extract_code(completion: str) -> str:
     return text
 
 
-def get_pool(workers: int = 2):
-    """The shared pool that runs this verifier's programs (the default sandbox backend)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = SandboxPool(get_backend(), workers=workers)
-        return _pool
-
-
-def _forget_pool_after_fork() -> None:
-    # a thread pool's threads do not survive fork: a child (a scoring worker) builds its own
-    global _pool, _pool_lock
-    _pool = None
-    _pool_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_pool_after_fork)
+def get_pool() -> SandboxPool:
+    """The shared pool that runs this verifier's programs (the default sandbox backend), one per
+    process."""
+    return _pool.get()
 
 
 def parse_tests(answer: Any) -> tuple[str, Any]:

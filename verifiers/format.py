@@ -71,14 +71,21 @@ def _blocks(text: str) -> tuple[list[str] | None, str]:
     return seq, ""
 
 
+def _checked_text(completion: Any, info: dict) -> str | None:
+    """The text the format checks read (None when the completion is not text)."""
+    if not isinstance(completion, str):
+        return None
+    text = _strip_trailing_special(completion)
+    # the prompt already opened <think> (R1-Zero's template)
+    return "<think>" + text if info.get("think_in_prompt") else text
+
+
 @verifier("format_r1")
 def format_r1(completion: str, answer: Any = None, **info: Any) -> Score:
     """R1 template: <think>...</think> then <answer>...</answer> and nothing else (weights in info)."""
-    if not isinstance(completion, str):
+    text = _checked_text(completion, info)
+    if text is None:
         return Score(0.0, False, reason=f"completion is {type(completion).__name__}, not text")
-    text = _strip_trailing_special(completion)
-    if info.get("think_in_prompt"):  # the prompt already opened <think> (R1-Zero's template)
-        text = "<think>" + text
     counts = {t: text.count(t) for t in ("<think>", "</think>", "<answer>", "</answer>")}
     tags = sum(1.0 for c in counts.values() if c == 1) / 4  # each tag exactly once: 0.25
     seq, why = _blocks(text)
@@ -108,11 +115,9 @@ def _search_r1_valid(seq: list[str]) -> tuple[bool, str]:
 @verifier("format_search")
 def format_search(completion: str, answer: Any = None, **info: Any) -> Score:
     """Search-R1 tag grammar: think, (search, information, think)*, answer (weights in info)."""
-    if not isinstance(completion, str):
+    text = _checked_text(completion, info)
+    if text is None:
         return Score(0.0, False, reason=f"completion is {type(completion).__name__}, not text")
-    text = _strip_trailing_special(completion)
-    if info.get("think_in_prompt"):
-        text = "<think>" + text
     seq, why = _blocks(text)
     valid = False
     if seq is not None:

@@ -25,7 +25,7 @@ import re
 import string
 import unicodedata
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 from rlvr.core.registry import verifier
 from rlvr.core.types import Score
@@ -108,16 +108,22 @@ def _prediction(completion: Any, answer: Any, info: dict) -> tuple[str | None, l
     return pred, refs, ""
 
 
-@verifier("qa_em", check_answer=reference_problem)
-def qa_em(completion: str, answer: Any, **info: Any) -> Score:
-    """Exact match of the last <answer> with any gold answer after SQuAD normalisation."""
+def _any_gold(completion: str, answer: Any, info: dict, match: Callable[[str, str], bool],
+              none_verb: str, hit_verb: str) -> Score:
+    """1 when ``match(prediction, gold)`` holds for some gold answer, naming it."""
     pred, refs, why = _prediction(completion, answer, info)
     if pred is None:
         return Score(0.0, False, reason=why)
-    hit = next((g for g in refs if em(pred, g)), None)
+    hit = next((g for g in refs if match(pred, g)), None)
     if hit is None:
-        return Score(0.0, False, reason=f"{pred[:80]!r} matches none of {refs[:3]!r}")
-    return Score(1.0, True, reason=f"matched {hit!r}")
+        return Score(0.0, False, reason=f"{pred[:80]!r} {none_verb} none of {refs[:3]!r}")
+    return Score(1.0, True, reason=f"{hit_verb} {hit!r}")
+
+
+@verifier("qa_em", check_answer=reference_problem)
+def qa_em(completion: str, answer: Any, **info: Any) -> Score:
+    """Exact match of the last <answer> with any gold answer after SQuAD normalisation."""
+    return _any_gold(completion, answer, info, em, "matches", "matched")
 
 
 @verifier("qa_f1", check_answer=reference_problem)
@@ -134,10 +140,4 @@ def qa_f1(completion: str, answer: Any, **info: Any) -> Score:
 @verifier("qa_cover_em", check_answer=reference_problem)
 def qa_cover_em(completion: str, answer: Any, **info: Any) -> Score:
     """A gold answer appears (as whole tokens) in the last <answer>, after SQuAD normalisation."""
-    pred, refs, why = _prediction(completion, answer, info)
-    if pred is None:
-        return Score(0.0, False, reason=why)
-    hit = next((g for g in refs if cover_em(pred, g)), None)
-    if hit is None:
-        return Score(0.0, False, reason=f"{pred[:80]!r} covers none of {refs[:3]!r}")
-    return Score(1.0, True, reason=f"covers {hit!r}")
+    return _any_gold(completion, answer, info, cover_em, "covers", "covers")

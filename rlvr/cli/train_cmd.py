@@ -53,6 +53,14 @@ def add_parser(sub) -> None:
     p.add_argument("--print-config", nargs="?", const=True, default=False, metavar="CONFIG",
                    help="print the merged settings with each one's meaning as YAML comments, "
                         "and exit (no training)")
+    p.add_argument("--plan", action="store_true",
+                   help="print the per-GPU memory estimate (weights, gradients, optimizer state, "
+                        "activations, engine) for this config and world size, and exit; exit "
+                        "status 1 when it does not fit --gpu-memory-gb")
+    p.add_argument("--gpu-memory-gb", type=float, default=80.0,
+                   help="with --plan: the memory of one GPU (default 80)")
+    p.add_argument("--world-size", type=int, default=None,
+                   help="with --plan: training ranks (default $WORLD_SIZE, else 1)")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     p.set_defaults(func=run, accepts_overrides=True)
 
@@ -158,6 +166,12 @@ def run(args) -> int:
     if args.no_mask:
         overrides += ["--rl.mask_observations", "false"]
     cfg = load_config(path, overrides)
+    if args.plan:
+        from rlvr.learners.plan import format_plan, world_size_from_env
+
+        text, fits = format_plan(cfg, args.world_size or world_size_from_env(), args.gpu_memory_gb)
+        print(text)
+        return 0 if fits else 1
     _resolve_data_paths(cfg, path)
     learner = learner_for(cfg.algorithm)
     out = Path(cfg.run.output_dir)

@@ -7,8 +7,11 @@ of containers; this pool decides how many of them are busy at a time.
 
 from __future__ import annotations
 
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from rlvr.verifiers.sandbox.base import ExecResult, Limits
 
@@ -50,3 +53,26 @@ class SandboxPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class PerProcess:
+    """One object per process, built on first use (under a lock). A forked child — a scoring
+    worker — must not share its parent's launcher, threads or lock: it builds its own."""
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self.build = build
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self.value, self.lock = None, threading.Lock()
+
+    def get(self) -> Any:
+        with self.lock:
+            if self.value is None:
+                self.value = self.build()
+            return self.value
+
+    def set(self, value: Any) -> None:
+        with self.lock:
+            self.value = value
