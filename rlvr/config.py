@@ -268,6 +268,12 @@ class RunConfig:
     """Continue from the newest checkpoint in ``output_dir``."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto | cpu | cuda."""
+    parallel: Literal["replicate", "fsdp"] = "replicate"
+    """How ``torchrun`` ranks hold the policy. replicate: every rank keeps all the weights and the
+    gradients are all-reduced. fsdp: the policy (and the reference model) are sharded with FSDP2
+    ``fully_shard``, per decoder layer then the whole model; gradients are reduce-scattered as
+    sums, and checkpoints are written with torch.distributed.checkpoint. On-policy learners with
+    the in-process HF engine only (see docs/scale.md); one process ignores it."""
     log_tensorboard: bool = False
     """Also write TensorBoard event files."""
     wandb_project: Optional[str] = None

@@ -41,6 +41,20 @@ class World:
     def main(self) -> bool:
         return self.rank == 0
 
+    def share(self, items: list) -> list:
+        """This rank's contiguous, near-equal share of ``items`` (any length; the first
+        ``len(items) % size`` ranks get one more). Concatenated in rank order, the shares are
+        ``items``. For the short last batch of an offline epoch; a rank may get nothing."""
+        k, extra = divmod(len(items), self.size)
+        start = self.rank * k + min(self.rank, extra)
+        return items[start:start + k + (self.rank < extra)]
+
+    def check_divides(self, key: str, value: int, what: str) -> None:
+        """Refuse a batch setting whose ``value`` the world size does not divide, naming ``key``."""
+        if self.active and value % self.size:
+            raise ValueError(f"{key} = {value} must be a multiple of the {self.size} training ranks "
+                             f"(each rank takes an equal share of the {what})")
+
     def block(self, items: list) -> list:
         """This rank's contiguous share of ``items`` (whose length the world size divides)."""
         if len(items) % self.size:
@@ -59,10 +73,27 @@ class World:
     def sum_float(self, x: float) -> float:
         return float(self.sum_(torch.tensor(float(x), dtype=torch.float64))) if self.active else x
 
+    def sum_floats(self, values: dict[str, float]) -> dict[str, float]:
+        """Sum a dict of numbers over ranks in one all-reduce (every rank passes the same keys)."""
+        if not self.active or not values:
+            return dict(values)
+        keys = sorted(values)
+        t = self.sum_(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64))
+        return dict(zip(keys, t.tolist()))
+
     def sum_grads_(self, params) -> None:
-        """Sum the gradients over ranks (each rank's loss already carries the global normaliser)."""
+        """Sum the gradients over ranks (each rank's loss already carries the global normaliser).
+
+        A rank whose share of the batch was empty (an offline epoch's short last batch) has no
+        gradients: where any rank has one, the others contribute zeros; a parameter no rank
+        touched keeps ``grad = None`` (so AdamW skips it, as in one process)."""
         if not self.active:
             return
+        params = [p for p in params if p.requires_grad]
+        has = self.sum_(torch.tensor([p.grad is not None for p in params], dtype=torch.int32))
+        for p, n in zip(params, has.tolist()):
+            if n and p.grad is None:
+                p.grad = torch.zeros_like(p)
         grads = [p.grad for p in params if p.grad is not None]
         if grads:
             flat = torch.cat([g.reshape(-1) for g in grads])
@@ -81,17 +112,19 @@ class World:
         return sizes
 
     def gather_rows(self, t: torch.Tensor | None, sizes: list[int]) -> torch.Tensor | None:
-        """(B, ...) on each rank → (sum of ``sizes``, ...) in rank order; a (B, T) tensor is
-        right-padded with zeros to the longest T first."""
+        """(B, ...) on each rank → (sum of ``sizes``, ...) in rank order (the ranks' B may
+        differ); a (B, T) tensor is right-padded with zeros to the longest T first."""
         if not self.active or t is None:
             return t
         if t.dim() == 2:
             width = torch.tensor(t.shape[1])
             dist.all_reduce(width, op=dist.ReduceOp.MAX)
             t = torch.nn.functional.pad(t, (0, int(width) - t.shape[1]))
-        parts = [t.new_zeros((n,) + tuple(t.shape[1:])) for n in sizes]
+        rows = max(sizes)  # gloo gathers equal shapes only: pad the rows, cut them off after
+        t = torch.cat([t, t.new_zeros((rows - t.shape[0],) + tuple(t.shape[1:]))])
+        parts = [t.new_zeros((rows,) + tuple(t.shape[1:])) for _ in sizes]
         dist.all_gather(parts, t.contiguous())
-        return torch.cat(parts)
+        return torch.cat([part[:n] for part, n in zip(parts, sizes)])
 
     def my_rows(self, t: torch.Tensor, sizes: list[int], width: int | None = None) -> torch.Tensor:
         """This rank's rows of a tensor gathered with ``sizes``, cut back to ``width`` columns."""

@@ -27,6 +27,7 @@ import torch
 
 import rlvr
 from rlvr.learners import offline_common as oc
+from rlvr.learners.distributed import World
 from rlvr.learners.runtime import GuardedStep
 from rlvr.pref_losses import PrefLoss, cdpo_loss, dpo_sigmoid_loss, ipo_loss, simpo_loss
 from rlvr.preference_data import PrefExample
@@ -75,14 +76,20 @@ def pair_logps(model, pairs: Sequence[PrefExample], pad_id: int) -> PairLogps:
 
 
 @torch.no_grad()
-def precompute(model, pairs: Sequence[PrefExample], pad_id: int, micro_batch_size: int) -> PairLogps:
-    """Reference log-probabilities of every pair, computed once (CPU tensors)."""
+def precompute(model, pairs: Sequence[PrefExample], pad_id: int, micro_batch_size: int,
+               world: World = World()) -> PairLogps:
+    """Reference log-probabilities of every pair, computed once (CPU tensors). Under ``torchrun``
+    each rank scores its share of the pairs and every rank gets all of them, in order."""
     was_training = model.training
     model.eval()
+    mine = world.share(list(range(len(pairs))))
     parts = [pair_logps(model, [pairs[i] for i in chunk], pad_id)
-             for chunk in oc.micro_chunks(list(range(len(pairs))), micro_batch_size)]
+             for chunk in oc.micro_chunks(mine, micro_batch_size)]
     model.train(was_training)
-    return PairLogps(*(torch.cat([getattr(p, f) for p in parts]).cpu() for f in PairLogps._fields))
+    local = [torch.cat([getattr(p, f) for p in parts]).cpu() if parts else torch.zeros(0)
+             for f in PairLogps._fields]
+    sizes = world.row_counts(len(mine))
+    return PairLogps(*(world.gather_rows(x, sizes) for x in local))
 
 
 def _take(ref: PairLogps | None, idx: list[int], device) -> PairLogps | None:
@@ -106,9 +113,10 @@ def evaluate(model, pairs: Sequence[PrefExample], ref: PairLogps | None, pref, p
 
 
 def train_dpo(model, pairs: Sequence[PrefExample], ref: PairLogps | None, cfg, pad_id: int,
-              logger=None, ref_model=None) -> dict[str, Any]:
+              logger=None, ref_model=None, world: World = World()) -> dict[str, Any]:
     """Optimise ``model`` in place on ``pairs``. ``ref`` holds precomputed reference logprobs
-    (aligned with ``pairs``), or ``ref_model`` scores each batch when ``ref`` is None."""
+    (aligned with ``pairs``), or ``ref_model`` scores each batch when ``ref`` is None. Under
+    ``torchrun`` each rank trains on its share of every batch (``world``)."""
     pref = cfg.pref
     dev = next(model.parameters()).device
     n, bs = len(pairs), max(1, pref.batch_size)
@@ -121,7 +129,9 @@ def train_dpo(model, pairs: Sequence[PrefExample], ref: PairLogps | None, cfg, p
                                           seed=cfg.run.seed), start=1):
         t0 = time.perf_counter()
         sums = dict.fromkeys(("loss", "chosen", "rejected", "correct", "logp_c", "logp_r"), 0.0)
-        for chunk in oc.micro_chunks(idx, cfg.optim.micro_batch_size):
+        mine = world.share(idx)  # this rank's pairs; the normaliser is the whole batch's
+        k = world.sum_float(len(mine))
+        for chunk in oc.micro_chunks(mine, cfg.optim.micro_batch_size):
             batch = [pairs[i] for i in chunk]
             r = _take(ref, chunk, dev)
             if r is None and ref_model is not None:
@@ -129,14 +139,14 @@ def train_dpo(model, pairs: Sequence[PrefExample], ref: PairLogps | None, cfg, p
                     r = pair_logps(ref_model, batch, pad_id)
             pol = pair_logps(model, batch, pad_id)
             out = LOSSES[pref.loss](pol, r, pref)
-            (out.losses.sum() / len(idx)).backward()  # mean over the optimizer batch, divided once
+            (out.losses.sum() / k).backward()  # mean over the optimizer batch, divided once
             sums["loss"] += float(out.losses.detach().sum())
             sums["chosen"] += float(out.chosen_rewards.sum())
             sums["rejected"] += float(out.rejected_rewards.sum())
             sums["correct"] += float((out.chosen_rewards > out.rejected_rewards).sum())
             sums["logp_c"] += float(pol.chosen.detach().sum())
             sums["logp_r"] += float(pol.rejected.detach().sum())
-        k = len(idx)
+        sums = oc.sync_step(world, opt, sums)  # gradients and sums of every rank's pairs
         grad_norm = guard(sums["loss"] / k, step)  # None: skipped, the weights untouched
         m = {"train/loss": sums["loss"] / k, "pref/chosen_reward": sums["chosen"] / k,
              "pref/rejected_reward": sums["rejected"] / k,
@@ -156,17 +166,16 @@ def train_dpo(model, pairs: Sequence[PrefExample], ref: PairLogps | None, cfg, p
 def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     """DPO / cDPO / IPO / SimPO on preference pairs (``pref.loss``)."""
     from rlvr.config import ModelConfig
-    from rlvr.models import load_policy, pick_device
+    from rlvr.models import load_policy
     from rlvr.preference_data import load_preference_data
 
     check_pref_config(cfg.pref)
     if cfg.model.lora_rank:
         raise ValueError("model.lora_rank > 0 is not supported by the dpo learner; use full fine-tuning")
-    oc.seed_everything(cfg.run.seed)
-    out = oc.prepare_run_dir(cfg)
-    device = pick_device(cfg.run.device)
+    world, device, out = oc.start(cfg, "dpo")
     if model is None or tokenizer is None:
         model, tokenizer = load_policy(cfg.model, device)
+    oc.place(world, model, device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     pairs = load_preference_data(cfg.data.train, tokenizer, limit=cfg.data.limit,
                                  max_length=cfg.pref.max_length, seed=cfg.run.seed)
@@ -186,21 +195,25 @@ def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
                                  f"tokenizer from model.name_or_path {cfg.model.name_or_path!r}")
         else:
             ref_model = copy.deepcopy(model)
+        oc.place(world, ref_model, device)
         ref_model.eval().requires_grad_(False)
-        ref_held = precompute(ref_model, held, pad, cfg.optim.micro_batch_size)
+        ref_held = precompute(ref_model, held, pad, cfg.optim.micro_batch_size, world)
         if cfg.pref.precompute_ref_logprobs:
-            ref_train = precompute(ref_model, pairs, pad, cfg.optim.micro_batch_size)
+            ref_train = precompute(ref_model, pairs, pad, cfg.optim.micro_batch_size, world)
             ref_model = None  # freed: the reference is never run again
 
-    before = evaluate(model, held, ref_held, cfg.pref, pad, cfg.optim.micro_batch_size)
+    before = evaluate(model, held, ref_held, cfg.pref, pad, cfg.optim.micro_batch_size) if world.main else None
     own_logger = logger is None
     logger = logger if logger is not None else oc.open_logger(out, cfg, oc.planned_steps(len(pairs), max(1, cfg.pref.batch_size),
-                                                       cfg.pref.epochs, cfg.run.steps))
+                                                       cfg.pref.epochs, cfg.run.steps), world)
     try:
-        stats = train_dpo(model, pairs, ref_train, cfg, pad, logger, ref_model)
+        stats = train_dpo(model, pairs, ref_train, cfg, pad, logger, ref_model, world)
     finally:
         if own_logger:
             oc.close_logger(logger)
+    if not world.main:  # rank 0 evaluates and writes; the weights are the same on every rank
+        world.barrier()
+        return {"algorithm": "dpo", "rank": world.rank, **{f"train_{k}": v for k, v in stats.items()}}
     after = evaluate(model, held, ref_held, cfg.pref, pad, cfg.optim.micro_batch_size)
     final = oc.save_pretrained(model, tokenizer, out / "final")
     report = {"algorithm": "dpo", "loss_type": cfg.pref.loss, "train_pairs": len(pairs),
@@ -213,4 +226,5 @@ def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     oc.write_report(out, report)
     log.info("dpo (%s): held-out margin %.4f → %.4f, accuracy %.3f → %.3f", cfg.pref.loss,
              before["margin"], after["margin"], before["accuracy"], after["accuracy"])
+    world.barrier()
     return report

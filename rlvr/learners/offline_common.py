@@ -1,6 +1,12 @@
 """Plumbing shared by the offline learners (SFT, reward model, DPO): sequence log-probabilities
 (through :mod:`rlvr.batch`), batching over epochs, the optimizer and schedule, metrics and the run
 directory. No loss math here — that lives in :mod:`rlvr.pref_losses`.
+
+Under ``torchrun`` (replicated data parallelism, :mod:`rlvr.learners.distributed`) every rank
+loads the same data and walks the same seeded batches; each rank trains on its contiguous share
+of each optimizer batch, the normaliser (rows or tokens of the whole batch) and the gradients are
+summed over ranks, so N ranks take the single-process step. Rank 0 alone logs, evaluates and
+writes ``report.json`` and ``final/``.
 """
 
 from __future__ import annotations
@@ -16,11 +22,42 @@ import torch
 
 from rlvr.batch import collate, token_logprobs
 from rlvr.checkpoint import save_model_dir
+from rlvr.learners.distributed import World, init_world
 from rlvr.learners.runtime import lr_schedule, run_dir as prepare_run_dir, seed_everything  # noqa: F401
 from rlvr.metrics import MetricsLogger
 from rlvr.types import Trajectory
 
 log = logging.getLogger(__name__)
+
+
+def start(cfg, learner: str) -> tuple[World, str, Path]:
+    """Seed, join the ``torchrun`` world (rank 0 of 1 without it) and prepare the run directory
+    (rank 0 writes it). Returns the world, this rank's device and the run directory. A
+    ``pref.batch_size`` the ranks cannot share equally is refused, naming the key."""
+    from rlvr.models import pick_device
+
+    seed_everything(cfg.run.seed)
+    world, device = init_world(pick_device(cfg.run.device))
+    if world.active and cfg.run.parallel != "replicate":
+        raise ValueError(f"run.parallel = {cfg.run.parallel} is not supported by the {learner} "
+                         "learner; offline learners replicate the model (run.parallel replicate)")
+    world.check_divides("pref.batch_size", max(1, cfg.pref.batch_size), "rows of every batch")
+    out = prepare_run_dir(cfg) if world.main else Path(cfg.run.output_dir)
+    world.barrier()
+    return world, device, out
+
+
+def place(world: World, model, device: str):
+    """The model on this rank's device, with rank 0's weights on every rank."""
+    model.to(device)
+    world.broadcast_module_(model)
+    return model
+
+
+def sync_step(world: World, optimizer, sums: dict[str, float]) -> dict[str, float]:
+    """After every rank's backward of one batch: sum the gradients and the metric sums over ranks."""
+    world.sum_grads_([p for g in optimizer.param_groups for p in g["params"]])
+    return world.sum_floats(sums)
 
 
 def _as_trajectory(seq) -> Trajectory:
@@ -82,9 +119,11 @@ def micro_chunks(idx: list[int], micro_batch_size: int) -> Iterator[list[int]]:
         yield idx[i:i + size]
 
 
-def open_logger(output_dir: str | Path, cfg, total_steps: int):
+def open_logger(output_dir: str | Path, cfg, total_steps: int, world: World = World()):
     """The project's :class:`rlvr.metrics.MetricsLogger` (``metrics.jsonl``, progress bar,
-    optional TensorBoard and Weights & Biases)."""
+    optional TensorBoard and Weights & Biases); None on ranks other than 0."""
+    if not world.main:
+        return None
     return MetricsLogger(output_dir, total_steps=total_steps, progress=cfg.run.progress,
                          tensorboard=cfg.run.log_tensorboard,
                          wandb_project=getattr(cfg.run, "wandb_project", None), wandb_config=cfg)
