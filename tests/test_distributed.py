@@ -69,3 +69,75 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path):
                     "--run.steps", "1", "--run.progress", "false", "--rl.prompts_per_step", "3")
     assert res.returncode != 0
     assert "rl.prompts_per_step = 3 must be a multiple of the 2 training ranks" in res.stderr
+
+
+def test_fsdp_two_ranks_give_the_single_process_gradient_and_resume_on_one_process(tmp_path):
+    """run.parallel = fsdp: FSDP2 reduce-scatters summed gradients (not averaged), so the sharded
+    gradient, gathered whole, is the single-process one; the DCP checkpoint of two ranks then
+    continues on one process exactly as the single-process checkpoint does."""
+    single, double = tmp_path / "single", tmp_path / "double"
+    res = subprocess.run([sys.executable, str(WORKER), str(single), "grpo"], env=ENV,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = _torchrun(str(WORKER), str(double), "grpo", "fsdp")
+    assert res.returncode == 0, res.stderr[-3000:]
+    one = torch.load(single / "rank0.pt")
+    for rank in (0, 1):
+        two = torch.load(double / f"rank{rank}.pt")
+        assert len(two["grads"]) == len(one["grads"]) == 2
+        for a, b in zip(one["grads"], two["grads"]):
+            assert a.abs().sum() > 0
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    rows = [json.loads(x) for x in (double / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for a, b in zip(ref, rows):
+        for key in ("reward/mean", "train/loss", "train/grad_norm", "train/kl", "train/tokens"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (b["step"], key)
+    ckpt = double / "checkpoints" / "step_000002"
+    state = torch.load(ckpt / "state.pt", weights_only=False)
+    assert state["format"] == "dcp" and state["world_size"] == 2 and state["model"] is None
+    assert (ckpt / "dcp" / ".metadata").exists() and (ckpt / "model" / "config.json").exists()
+    # a third step on one process, from each run's checkpoint: the same gradient
+    for out, flags in ((single, []), (double, ["fsdp"])):
+        res = subprocess.run([sys.executable, str(WORKER), str(out), "grpo", *flags, "resume"],
+                             env=ENV, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+    a = torch.load(single / "rank0-resumed.pt")["grads"]
+    b = torch.load(double / "rank0-resumed.pt")["grads"]
+    assert len(a) == len(b) == 1
+    torch.testing.assert_close(b[0], a[0], rtol=1e-4, atol=1e-6)
+    rows = [json.loads(x) for x in (double / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+def test_torchrun_cli_fsdp_rollouts_then_resume_on_one_process(tmp_path):
+    """The in-process HF engine generates with a gathered full copy of the sharded policy (its
+    probe check against the sharded trainer passes every step); the run resumes on one process."""
+    out = tmp_path / "run"
+    args = ["grpo_calculator", "--output-dir", str(out), "--run.progress", "false",
+            "--rl.prompts_per_step", "2", "--rollout.samples_per_prompt", "4"]
+    res = _torchrun("-m", "rlvr", "train", *args, "--run.steps", "2", "--run.parallel", "fsdp")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["train/trajectories_used"] == 8
+    assert torch.load(out / "checkpoints" / "step_000002" / "state.pt", weights_only=False)["format"] == "dcp"
+    res = subprocess.run([sys.executable, "-m", "rlvr", "train", *args, "--resume", "--run.steps", "3"],
+                         env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["--algorithm", "ppo"], "ppo's critic"),
+    (["--model.lora_rank", "4"], "model.lora_rank > 0"),
+    (["--rollout.servers", "[http://127.0.0.1:9]"], "rollout.servers"),
+])
+def test_fsdp_refuses_what_it_cannot_shard_by_name(overrides, named):
+    from rlvr.config import load_config
+    from rlvr.learners.onpolicy import train
+
+    cfg = load_config("grpo_calculator", ["--run.parallel", "fsdp", *overrides])
+    with pytest.raises(ValueError, match=f"run.parallel = fsdp does not support {named}"):
+        train(cfg)

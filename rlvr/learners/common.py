@@ -10,6 +10,7 @@ checkpoints.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import json
 import logging
@@ -25,11 +26,12 @@ import numpy as np
 import torch
 
 from rlvr.batch import Batch, collate, token_logprobs
-from rlvr.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlvr.checkpoint import latest_checkpoint
 from rlvr.config import TrainConfig
 from rlvr.learners.distributed import NullLogger, World, init_world
 from rlvr.learners.runtime import (LOW_PRECISION, GuardedStep, lr_schedule, master_weights_fp32,
                                    run_dir, seed_everything)
+from rlvr.learners.sharding import load_checkpoint, save_session_checkpoint, shard_session_models
 from rlvr.losses import aggregate, kl_estimator, kl_k3
 from rlvr.metrics import MetricsLogger, environment_metrics, rollout_metrics
 from rlvr.types import Task, Trajectory
@@ -133,6 +135,11 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
             ref_model = "adapter-disabled"
         else:
             ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    engine = None
+    if world.active and cfg.run.parallel == "fsdp":  # FSDP2; the engine generates with a full copy
+        model, ref_model, engine = shard_session_models(world, model, ref_model, tokenizer, device,
+                                                        cfg.rollout.max_batch_size or None)
+        world = dataclasses.replace(world, sharded=True)
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params or [])
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = lr_schedule(optimizer, cfg.optim, total_optimizer_steps(cfg))
@@ -154,7 +161,7 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
         engine = make_engine(cfg.rollout.engine, model, tokenizer,
                              model_path=_engine_start_dir(cfg, model, tokenizer, out_dir, world),
                              rollout=cfg.rollout, weights_dir=str(out_dir / "engine_weights"))
-    else:
+    elif engine is None:
         engine = HFEngine(model, tokenizer, device=device,  # shares the training model
                           max_batch_size=cfg.rollout.max_batch_size or None)
     s = Session(cfg, model, tokenizer, ref_model, optimizer, scheduler, engine,
@@ -434,9 +441,8 @@ def log_and_checkpoint(s: Session, step: int, metrics: dict, eval_fn: Callable |
         metrics["time/eval"] = time.perf_counter() - t0
     s.logger.log(step, metrics)
     s.extra["data_position"] = s.prompts.position
-    if (last or (cfg.run.save_every and step % cfg.run.save_every == 0)) and s.world.main:
-        save_checkpoint(s.out_dir, step, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler,
-                        tokenizer=s.tokenizer, extra=s.extra, keep_checkpoints=cfg.run.keep_checkpoints)
+    if last or (cfg.run.save_every and step % cfg.run.save_every == 0):
+        save_session_checkpoint(s, step)  # rank 0 alone, or every rank's shards (fsdp)
 
 
 def finish(s: Session, history: list[dict]) -> dict:

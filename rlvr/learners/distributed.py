@@ -32,6 +32,7 @@ class World:
 
     rank: int = 0
     size: int = 1
+    sharded: bool = False  # the policy is FSDP2-sharded (run.parallel = fsdp): FSDP sums its gradients
 
     @property
     def active(self) -> bool:
@@ -87,7 +88,7 @@ class World:
         A rank whose share of the batch was empty (an offline epoch's short last batch) has no
         gradients: where any rank has one, the others contribute zeros; a parameter no rank
         touched keeps ``grad = None`` (so AdamW skips it, as in one process)."""
-        if not self.active:
+        if not self.active or self.sharded:  # FSDP2 has reduce-scattered them already
             return
         params = [p for p in params if p.requires_grad]
         has = self.sum_(torch.tensor([p.grad is not None for p in params], dtype=torch.int32))

@@ -35,6 +35,7 @@ from rlvr.algorithms.base import AdvantageInputs, OnPolicyAlgorithm, resolve_set
 from rlvr.batch import Batch, collate, token_logprobs
 from rlvr.learners import common
 from rlvr.learners.critic import Critic, ValueModel
+from rlvr.learners.sharding import check_parallel
 from rlvr.losses import kl_estimator, kl_penalized_rewards, mismatch_weights
 from rlvr.registry import ALGORITHMS
 from rlvr.types import Trajectory
@@ -49,6 +50,7 @@ def train(cfg, *, algorithm: OnPolicyAlgorithm | None = None, model=None, tokeni
     if not isinstance(algo, OnPolicyAlgorithm):
         raise ValueError(f"algorithm {cfg.algorithm!r} is not an on-policy algorithm")
     cfg, notes = resolve_settings(algo, cfg)
+    check_parallel(cfg, algo)
     for note in notes:
         log.info("%s", note)
     head = None

@@ -79,6 +79,8 @@ class GuardedStep:
         """Returns the gradient norm, or None when the step was skipped."""
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         gn = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        if hasattr(gn, "full_tensor"):  # FSDP2: the norm of sharded gradients, a DTensor
+            gn = gn.full_tensor()
         if not (math.isfinite(loss) and torch.isfinite(gn)):
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped += 1

@@ -1,7 +1,8 @@
 """One learner step on fixed trajectories, run alone or under ``torchrun``; saves the gradients of
 every optimizer step (after the ranks' all-reduce) and the logged metrics to ``OUT/rank{r}.pt``.
 
-Usage: python dist_worker.py OUT ALGORITHM   (or torchrun --nproc_per_node 2 dist_worker.py ...)
+Usage: python dist_worker.py OUT ALGORITHM [fsdp] [resume]   (or under torchrun --nproc_per_node 2)
+``fsdp``: run.parallel = fsdp; ``resume``: continue OUT's newest checkpoint for a third step.
 """
 
 import os
@@ -40,9 +41,13 @@ def fake_rollout(s, step, attempt=0):
     return trajs, {"time/rollout": 0.0}
 
 
-def main(out: str, algorithm: str) -> None:
+def main(out: str, algorithm: str, *flags: str) -> None:
     cfg = TrainConfig(algorithm=algorithm)
     cfg.run.output_dir, cfg.run.steps, cfg.run.progress, cfg.run.device = out, 2, False, "cpu"
+    if "fsdp" in flags:
+        cfg.run.parallel = "fsdp"
+    if "resume" in flags:
+        cfg.run.resume, cfg.run.steps = True, 3
     cfg.data.shuffle = False
     cfg.rl.prompts_per_step, cfg.rollout.samples_per_prompt = 4, 2
     cfg.rollout.max_new_tokens, cfg.rollout.max_turns, cfg.rollout.max_total_tokens = 6, 2, 96
@@ -57,8 +62,9 @@ def main(out: str, algorithm: str) -> None:
     with record_gradients() as grads:
         report = ALGORITHMS.get(algorithm)(cfg, model=model, tokenizer=tok, tasks=TASKS)
     rank = int(os.environ.get("RANK", "0"))
-    torch.save({"grads": grads, "final": report["final"]}, os.path.join(out, f"rank{rank}.pt"))
+    name = f"rank{rank}{'-resumed' if 'resume' in flags else ''}.pt"
+    torch.save({"grads": grads, "final": report["final"]}, os.path.join(out, name))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])
