@@ -4,6 +4,7 @@ resumes on another world size."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,15 +99,26 @@ def test_fsdp_two_ranks_give_the_single_process_gradient_and_resume_on_one_proce
     state = torch.load(ckpt / "state.pt", weights_only=False)
     assert state["format"] == "dcp" and state["world_size"] == 2 and state["model"] is None
     assert (ckpt / "dcp" / ".metadata").exists() and (ckpt / "model" / "config.json").exists()
-    # a third step on one process, from each run's checkpoint: the same gradient
+    # a third step from each run's checkpoint: 2 fsdp ranks → 1 process, and 1 process → 2 fsdp
+    # ranks (the replicated checkpoint sharded on load) take the single-process step: the same
+    # gradient, and the same weights after it (AdamW's moments restored too)
+    shutil.copytree(single, tmp_path / "single_to_fsdp")
     for out, flags in ((single, []), (double, ["fsdp"])):
         res = subprocess.run([sys.executable, str(WORKER), str(out), "grpo", *flags, "resume"],
                              env=ENV, capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, res.stderr[-3000:]
-    a = torch.load(single / "rank0-resumed.pt")["grads"]
-    b = torch.load(double / "rank0-resumed.pt")["grads"]
-    assert len(a) == len(b) == 1
-    torch.testing.assert_close(b[0], a[0], rtol=1e-4, atol=1e-6)
+    res = _torchrun(str(WORKER), str(tmp_path / "single_to_fsdp"), "grpo", "fsdp", "resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    want = torch.load(single / "rank0-resumed.pt")
+    for got in (double / "rank0-resumed.pt", tmp_path / "single_to_fsdp" / "rank1-resumed.pt"):
+        got = torch.load(got)
+        assert len(got["grads"]) == len(want["grads"]) == 1
+        torch.testing.assert_close(got["grads"][0], want["grads"][0], rtol=1e-4, atol=1e-6)
+        assert got["weights"].keys() == want["weights"].keys()
+        # AdamW divides by sqrt(v): where a gradient is ~1e-8, float noise moves the update by up
+        # to ~1e-5; moments lost on resume would move most weights by ~lr = 1e-2
+        for k, w in want["weights"].items():
+            torch.testing.assert_close(got["weights"][k], w, rtol=1e-3, atol=1e-4)
     rows = [json.loads(x) for x in (double / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
 

@@ -173,8 +173,8 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
         s.start_step, s.extra = state["step"], state["extra"]
         s.prompts.position = s.extra.get("data_position", 0)
         log.info("resumed from %s (step %d)", ckpt, s.start_step)
-    if separate_weights and (world.main or not cfg.rollout.servers):
-        engine.load_weights(model)  # vLLM / the servers start from the trainer's (resumed) weights
+    if (separate_weights or world.sharded) and (world.main or not cfg.rollout.servers):
+        engine.load_weights(model)  # vLLM, the servers, fsdp's copy: the (resumed) weights
     world.barrier()
     if s.logger is None and not world.main:
         s.logger = NullLogger()  # rank 0 writes the metrics

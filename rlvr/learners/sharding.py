@@ -198,30 +198,58 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None,
     """Restore a checkpoint of either format into a plain or a sharded model: a DCP checkpoint
     (written by N ranks) is resharded to this world, one process included; a replicated
     checkpoint (``state.pt`` with the whole model) goes through
-    :func:`rlvr.checkpoint.load_checkpoint` (plain model only)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
+    :func:`rlvr.checkpoint.load_checkpoint` into a plain model, and is sharded on load into an
+    FSDP2 one."""
     path = Path(path)
     state_file = path / "state.pt" if path.is_dir() else path
     if not state_file.exists():
         raise FileNotFoundError(f"no checkpoint state at {state_file}")
     state = torch.load(state_file, map_location="cpu", weights_only=False)
-    if state.get("format") != SHARDED_FORMAT:
-        if is_sharded(model):
-            raise ValueError(f"{state_file.parent} is a replicated checkpoint; resuming it with "
-                             "run.parallel = fsdp is not supported yet: resume with run.parallel = "
-                             "replicate")
+    if state.get("format") != SHARDED_FORMAT and not is_sharded(model):
         return load_full_checkpoint(state_file, model=model, optimizer=optimizer,
                                     scheduler=scheduler, restore_rng=restore_rng)
-    model_sd, optim_sd = get_state_dict(model, optimizer) if optimizer is not None else (
-        get_state_dict(model, [])[0], None)
-    target = {"model": model_sd} if optim_sd is None else {"model": model_sd, "optimizer": optim_sd}
-    dcp.load(target, checkpoint_id=str(state_file.parent / SHARDED_FORMAT))
-    set_state_dict(model, optimizer if optimizer is not None else [],
-                   model_state_dict=target["model"], optim_state_dict=target.get("optimizer", {}))
+    if state.get("format") != SHARDED_FORMAT:  # a replicated checkpoint, resharded here
+        _load_full_into_sharded(state, model, optimizer)
+    else:
+        _load_dcp(state_file.parent / SHARDED_FORMAT, model, optimizer)
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
     if restore_rng:
         set_rng_state(state["rng"])
     return {"step": int(state["step"]), "extra": state.get("extra", {})}
+
+
+def _load_dcp(path: Path, model, optimizer) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer) if optimizer is not None else (
+        get_state_dict(model, [])[0], None)
+    target = {"model": model_sd} if optim_sd is None else {"model": model_sd, "optimizer": optim_sd}
+    dcp.load(target, checkpoint_id=str(path))
+    set_state_dict(model, optimizer if optimizer is not None else [],
+                   model_state_dict=target["model"], optim_state_dict=target.get("optimizer", {}))
+
+
+def _load_full_into_sharded(state: dict, model, optimizer) -> None:
+    """A replicated checkpoint (whole tensors, the optimizer's state keyed by parameter index)
+    into sharded modules: every rank reads the file and keeps its shards. The optimizer's index
+    ``i`` is the ``i``-th trainable parameter, the order :func:`rlvr.learners.common.setup`
+    builds it in."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    full = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, state["model"], options=full)
+    saved = state.get("optimizer")
+    if optimizer is None or saved is None:
+        return
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    n_saved = sum(len(g["params"]) for g in saved["param_groups"])
+    if n_saved != len(names):
+        raise ValueError(f"the checkpoint's optimizer holds {n_saved} parameters, the sharded "
+                         f"model trains {len(names)}; it was written for another model")
+    by_name = {"state": {names[i]: v for i, v in saved["state"].items()},
+               "param_groups": [{**g, "params": [names[i] for i in g["params"]]}
+                                for g in saved["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, by_name, options=full)

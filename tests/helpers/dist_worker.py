@@ -13,6 +13,7 @@ import torch
 from rlvr.batch import collate
 from rlvr.config import TrainConfig
 from rlvr.learners import common
+from rlvr.learners.sharding import full_state_dict, is_sharded
 from rlvr.models import build_tiny_model, build_tiny_tokenizer
 from rlvr.registry import ALGORITHMS
 from rlvr.types import Task, Trajectory
@@ -62,8 +63,10 @@ def main(out: str, algorithm: str, *flags: str) -> None:
     with record_gradients() as grads:
         report = ALGORITHMS.get(algorithm)(cfg, model=model, tokenizer=tok, tasks=TASKS)
     rank = int(os.environ.get("RANK", "0"))
+    # the trained weights, whole (fully_shard turned ``model`` itself into the sharded module)
+    weights = full_state_dict(model) if is_sharded(model) else model.state_dict()
     name = f"rank{rank}{'-resumed' if 'resume' in flags else ''}.pt"
-    torch.save({"grads": grads, "final": report["final"]}, os.path.join(out, name))
+    torch.save({"grads": grads, "final": report["final"], "weights": weights}, os.path.join(out, name))
 
 
 if __name__ == "__main__":
