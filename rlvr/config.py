@@ -40,6 +40,10 @@ class ModelConfig:
     lora_rank: int = 0
     """0 = full fine-tuning; >0 trains a LoRA adapter (peft) and uses the adapter-disabled base as
     the reference model."""
+    gradient_checkpointing: bool = False
+    """Activation checkpointing of the trained model (transformers' ``activation_checkpointing_enable``,
+    formerly ``gradient_checkpointing_enable``; non-reentrant): each decoder layer's activations are recomputed in the backward pass instead
+    of kept, trading about one more forward pass for memory. Gradients are unchanged."""
 
 
 @dataclass

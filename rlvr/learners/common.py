@@ -29,8 +29,8 @@ from rlvr.batch import Batch, collate, token_logprobs
 from rlvr.checkpoint import latest_checkpoint
 from rlvr.config import TrainConfig
 from rlvr.learners.distributed import NullLogger, World, init_world
-from rlvr.learners.runtime import (LOW_PRECISION, GuardedStep, lr_schedule, master_weights_fp32,
-                                   run_dir, seed_everything)
+from rlvr.learners.runtime import (LOW_PRECISION, GuardedStep, activation_checkpointing, lr_schedule,
+                                   master_weights_fp32, run_dir, seed_everything)
 from rlvr.learners.sharding import load_checkpoint, save_session_checkpoint, shard_session_models
 from rlvr.losses import aggregate, kl_estimator, kl_k3
 from rlvr.metrics import MetricsLogger, environment_metrics, rollout_metrics
@@ -126,6 +126,7 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
         model, tokenizer = load_policy(cfg.model, device)
     model.to(device)
     master_weights_fp32(model, cfg.model.dtype)
+    activation_checkpointing(model, cfg.model.gradient_checkpointing)
     world.broadcast_module_(model)  # every rank starts from rank 0's weights
     if cfg.model.lora_rank > 0 and not hasattr(model, "disable_adapter"):
         model = _apply_lora(model, cfg.model.lora_rank)

@@ -175,7 +175,7 @@ def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     world, device, out = oc.start(cfg, "dpo")
     if model is None or tokenizer is None:
         model, tokenizer = load_policy(cfg.model, device)
-    oc.place(world, model, device)
+    oc.place(world, model, device, cfg)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     pairs = load_preference_data(cfg.data.train, tokenizer, limit=cfg.data.limit,
                                  max_length=cfg.pref.max_length, seed=cfg.run.seed)

@@ -23,7 +23,7 @@ import torch
 from rlvr.batch import collate, token_logprobs
 from rlvr.checkpoint import save_model_dir
 from rlvr.learners.distributed import World, init_world
-from rlvr.learners.runtime import lr_schedule, run_dir as prepare_run_dir, seed_everything  # noqa: F401
+from rlvr.learners.runtime import activation_checkpointing, lr_schedule, run_dir as prepare_run_dir, seed_everything  # noqa: F401
 from rlvr.metrics import MetricsLogger
 from rlvr.types import Trajectory
 
@@ -47,11 +47,12 @@ def start(cfg, learner: str) -> tuple[World, str, Path]:
     return world, device, out
 
 
-def place(world: World, model, device: str):
-    """The model on this rank's device, with rank 0's weights on every rank."""
+def place(world: World, model, device: str, cfg=None):
+    """The model on this rank's device, with rank 0's weights on every rank; with ``cfg``, the
+    trained model, ``model.gradient_checkpointing`` applied."""
     model.to(device)
     world.broadcast_module_(model)
-    return model
+    return activation_checkpointing(model, cfg is not None and cfg.model.gradient_checkpointing)
 
 
 def sync_step(world: World, optimizer, sums: dict[str, float]) -> dict[str, float]:

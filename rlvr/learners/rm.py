@@ -105,7 +105,7 @@ def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     world, device, out = oc.start(cfg, "rm")
     if model is None or tokenizer is None:
         model, tokenizer = build_reward_model(cfg.model, device)
-    oc.place(world, model, device)
+    oc.place(world, model, device, cfg)
     pairs = load_preference_data(cfg.data.train, tokenizer, limit=cfg.data.limit,
                                  max_length=cfg.pref.max_length, seed=cfg.run.seed)
     if cfg.data.eval:

@@ -41,6 +41,22 @@ def master_weights_fp32(model, dtype_name: str):
     return model
 
 
+def activation_checkpointing(model, enabled: bool):
+    """``model.gradient_checkpointing``: recompute each layer's activations in the backward pass
+    (non-reentrant ``torch.utils.checkpoint``, which FSDP2 and frozen inputs work with)."""
+    if not enabled:
+        return model
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise ValueError(f"model.gradient_checkpointing: {type(model).__name__} is not a transformers "
+                         "model with activation (gradient) checkpointing")
+    return model
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

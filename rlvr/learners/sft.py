@@ -119,7 +119,7 @@ def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     world, device, out = oc.start(cfg, "sft")
     if model is None or tokenizer is None:
         model, tokenizer = load_policy(cfg.model, device)
-    oc.place(world, model, device)
+    oc.place(world, model, device, cfg)
     train = load_sft_data(cfg.data.train, tokenizer, limit=cfg.data.limit,
                           max_length=cfg.pref.max_length, seed=cfg.run.seed)
     if cfg.data.eval:
