@@ -125,14 +125,17 @@ def test_fsdp_two_ranks_give_the_single_process_gradient_and_resume_on_one_proce
 
 def test_torchrun_cli_fsdp_rollouts_then_resume_on_one_process(tmp_path):
     """The in-process HF engine generates with a gathered full copy of the sharded policy (its
-    probe check against the sharded trainer passes every step); the run resumes on one process."""
+    probe check against the sharded trainer passes every step), rank 0 alone evaluates on that
+    copy, and the run resumes on one process."""
     out = tmp_path / "run"
     args = ["grpo_calculator", "--output-dir", str(out), "--run.progress", "false",
-            "--rl.prompts_per_step", "2", "--rollout.samples_per_prompt", "4"]
+            "--rl.prompts_per_step", "2", "--rollout.samples_per_prompt", "4",
+            "--data.eval", "data/calculator_format.jsonl", "--data.limit", "8"]
     res = _torchrun("-m", "rlvr", "train", *args, "--run.steps", "2", "--run.parallel", "fsdp")
     assert res.returncode == 0, res.stderr[-3000:]
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["train/trajectories_used"] == 8
+    assert "eval/accuracy" in rows[1] and "eval/accuracy" not in rows[0]  # the last step's
     assert torch.load(out / "checkpoints" / "step_000002" / "state.pt", weights_only=False)["format"] == "dcp"
     res = subprocess.run([sys.executable, "-m", "rlvr", "train", *args, "--resume", "--run.steps", "3"],
                          env=ENV, capture_output=True, text=True, timeout=600)

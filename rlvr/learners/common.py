@@ -408,9 +408,10 @@ def guard_params(s: Session) -> list:
 
 def _call_eval(eval_fn: Callable, s: Session, step: int) -> dict:
     params = inspect.signature(eval_fn).parameters
+    model = getattr(s.engine, "full_model", s.model)  # fsdp: rank 0 alone runs the full copy
     if len(params) >= 3 or "step" in params:
-        return eval_fn(s.model, s.tokenizer, step) or {}
-    return eval_fn(s.model, s.tokenizer) or {}
+        return eval_fn(model, s.tokenizer, step) or {}
+    return eval_fn(model, s.tokenizer) or {}
 
 
 def evaluate(s: Session, step: int, eval_fn: Callable | None) -> dict[str, float]:

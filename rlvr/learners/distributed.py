@@ -1,20 +1,25 @@
 """Data-parallel training under ``torchrun`` (torch.distributed; gloo on CPU, NCCL on GPU).
 
-Every rank holds the whole policy (replicated data parallelism). Each step's prompts are split into
-contiguous blocks, one per rank, so a group of ``samples_per_prompt`` never crosses ranks and the
-ranks' batches, concatenated in rank order, are the single-process batch. What must be global is
-made global here, visibly:
+On-policy learners: each step's prompts are split into contiguous blocks, one per rank, so a group
+of ``samples_per_prompt`` never crosses ranks and the ranks' batches, concatenated in rank order,
+are the single-process batch. What must be global is made global here, visibly:
 
 - advantages are computed on the gathered batch (batch-level baselines and whitening see every
   trajectory), then each rank keeps its own rows;
 - the loss normalisers (sequences and tokens of a mini-batch) are all-reduced, and so are the
   gradients (summed, not averaged), so N ranks produce the single-process gradient of the same
   global batch (``tests/test_distributed.py``);
-- rank 0 alone logs, writes metrics and saves checkpoints (the weights are identical on every rank,
-  so a checkpoint resumes on any world size).
+- rank 0 alone logs, writes metrics and saves checkpoints.
 
-Deviation from the design card: parameters are replicated, not sharded with FSDP2 ``fully_shard``;
-the sharded layout is the next step for models that do not fit one device.
+Offline learners (SFT, reward model, DPO; :mod:`rlvr.learners.offline_common`) walk the same
+seeded batches on every rank, each rank training on its near-equal contiguous share of a batch
+(:meth:`World.share`), with the batch's normaliser, metric sums and gradients summed here
+(``tests/test_distributed_offline.py``).
+
+``run.parallel`` chooses how the on-policy ranks hold the weights: ``replicate`` (default; every
+rank the whole model, gradients all-reduced by :meth:`World.sum_grads_`, a checkpoint in the
+one-process format) or ``fsdp`` (FSDP2 ``fully_shard``, which sums the gradients itself, DCP
+checkpoints; :mod:`rlvr.learners.sharding`). Checkpoints of either resume on any world size.
 """
 
 from __future__ import annotations
