@@ -276,8 +276,10 @@ class RunConfig:
     """How ``torchrun`` ranks hold the policy. replicate: every rank keeps all the weights and the
     gradients are all-reduced. fsdp: the policy (and the reference model) are sharded with FSDP2
     ``fully_shard``, per decoder layer then the whole model; gradients are reduce-scattered as
-    sums, and checkpoints are written with torch.distributed.checkpoint. On-policy learners with
-    the in-process HF engine only (see docs/scale.md); one process ignores it."""
+    sums, the in-process HF engine generates with a gathered full copy, and checkpoints are
+    written with torch.distributed.checkpoint. On-policy learners only, without LoRA, a critic,
+    vLLM or rollout servers (refused by name; see docs/scale.md). One process trains the plain
+    model (and resumes a sharded checkpoint)."""
     log_tensorboard: bool = False
     """Also write TensorBoard event files."""
     wandb_project: Optional[str] = None
