@@ -339,7 +339,14 @@ def test_a_weight_push_that_never_reaches_the_engine_stops_the_run(tmp_path, tin
     run = lambda: learner_for("grpo")(cfg, model=_model(tiny_tokenizer), tokenizer=tiny_tokenizer,
                                          tasks=load_tasks("calculator", 4))
     if push_arrives:
-        assert run()["final"]["train/optimizer_steps"] == 1
+        final = run()["final"]
+        assert final["train/optimizer_steps"] == 1
+        assert final["sync/probe_gap"] < 1e-5 and final["time/sync"] >= 0
     else:
         with pytest.raises(RuntimeError, match="step 1: the rollout engine disagrees with the trainer"):
             run()
+        # warn: the run goes on, and the gap it logs is the one that stopped it above
+        cfg.rollout.weight_sync_on_mismatch = "warn"
+        cfg.run.output_dir = str(tmp_path / "warned")
+        final = run()["final"]
+        assert final["train/optimizer_steps"] == 1 and final["sync/probe_gap"] > 0.02

@@ -43,6 +43,10 @@ class ModelConfig:
     lora_rank: int = 0
     """0 = full fine-tuning; >0 trains a LoRA adapter (peft) and uses the adapter-disabled base as
     the reference model."""
+    gradient_checkpointing: bool = False
+    """Activation checkpointing of the trained model (transformers' ``activation_checkpointing_enable``,
+    formerly ``gradient_checkpointing_enable``; non-reentrant): each decoder layer's activations are recomputed in the backward pass instead
+    of kept, trading about one more forward pass for memory. Gradients are unchanged."""
 
 
 @dataclass
@@ -115,8 +119,12 @@ class RolloutConfig:
     weight_sync_check: bool = True
     """After every weight push (and before the first step) the engine greedily continues a fixed
     probe prompt and its logprobs must agree with the trainer's; a stale engine stops the run."""
-    weight_sync_tol: float = 0.02
-    """Largest |engine - trainer| logprob allowed on the probe (bf16 compute needs a looser one)."""
+    weight_sync_tol: float = 0.0
+    """Largest |engine - trainer| logprob allowed on the probe; 0 = set by ``model.dtype``: 0.02 for
+    float32, 0.25 for bfloat16 / float16 (their rounding alone moves logprobs by ~0.1)."""
+    weight_sync_on_mismatch: Literal["error", "warn"] = "error"
+    """What a probe gap over the tolerance does: ``error`` stops the run naming the step and the
+    gap; ``warn`` logs it and goes on (``sync/probe_gap`` is logged every step either way)."""
 
 
 @dataclass
@@ -271,6 +279,14 @@ class RunConfig:
     """Continue from the newest checkpoint in ``output_dir``."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto | cpu | cuda."""
+    parallel: Literal["replicate", "fsdp"] = "replicate"
+    """How ``torchrun`` ranks hold the policy. replicate: every rank keeps all the weights and the
+    gradients are all-reduced. fsdp: the policy (and the reference model) are sharded with FSDP2
+    ``fully_shard``, per decoder layer then the whole model; gradients are reduce-scattered as
+    sums, the in-process HF engine generates with a gathered full copy, and checkpoints are
+    written with torch.distributed.checkpoint. On-policy learners only, without LoRA, a critic,
+    vLLM or rollout servers (refused by name; see docs/scale.md). One process trains the plain
+    model (and resumes a sharded checkpoint)."""
     log_tensorboard: bool = False
     """Also write TensorBoard event files."""
     wandb_project: Optional[str] = None

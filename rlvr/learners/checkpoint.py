@@ -193,6 +193,9 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None,
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint state at {path}")
     state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("format") == "dcp":
+        raise ValueError(f"{path.parent} is a sharded (run.parallel fsdp) checkpoint; load it with "
+                         "rlvr.learners.sharding.load_checkpoint (rlvr train --resume does)")
     model.load_state_dict(state["model"])
     if optimizer is not None and state.get("optimizer") is not None:
         optimizer.load_state_dict(state["optimizer"])

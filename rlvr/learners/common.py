@@ -10,6 +10,7 @@ checkpoints.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import json
 import logging
@@ -32,11 +33,12 @@ from rlvr.data.tasks import load_tasks, prompt_char_budget
 from rlvr.engines.factory import make_engine
 from rlvr.engines.hf import HFEngine
 from rlvr.learners.batch import Batch, collate, token_logprobs
-from rlvr.learners.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rlvr.learners.checkpoint import latest_checkpoint
 from rlvr.learners.distributed import NullLogger, World, init_world
 from rlvr.learners.metrics import MetricsLogger, environment_metrics, plot_metrics, rollout_metrics
-from rlvr.learners.runtime import (LOW_PRECISION, GuardedStep, lr_schedule, master_weights_fp32,
-                                   run_dir, seed_everything)
+from rlvr.learners.runtime import (LOW_PRECISION, GuardedStep, activation_checkpointing,
+                                   lr_schedule, master_weights_fp32, run_dir, seed_everything)
+from rlvr.learners.sharding import load_checkpoint, save_session_checkpoint, shard_session_models
 from rlvr.rewards.spec import add_model_rewards, env_config, reward_spec
 from rlvr.rollout.episodes import collect, make_env_factory
 
@@ -123,6 +125,7 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
         model, tokenizer = load_policy(cfg.model, device)
     model.to(device)
     master_weights_fp32(model, cfg.model.dtype)
+    activation_checkpointing(model, cfg.model.gradient_checkpointing)
     world.broadcast_module_(model)  # every rank starts from rank 0's weights
     if cfg.model.lora_rank > 0 and not hasattr(model, "disable_adapter"):
         model = _apply_lora(model, cfg.model.lora_rank)
@@ -132,6 +135,11 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
             ref_model = "adapter-disabled"
         else:
             ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    engine = None
+    if world.active and cfg.run.parallel == "fsdp":  # FSDP2; the engine generates with a full copy
+        model, ref_model, engine = shard_session_models(world, model, ref_model, tokenizer, device,
+                                                        cfg.rollout.max_batch_size or None)
+        world = dataclasses.replace(world, sharded=True)
     params = [p for p in model.parameters() if p.requires_grad] + list(extra_params or [])
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     scheduler = lr_schedule(optimizer, cfg.optim, total_optimizer_steps(cfg))
@@ -151,7 +159,7 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
         engine = make_engine(cfg.rollout.engine, model, tokenizer,
                              model_path=_engine_start_dir(cfg, model, tokenizer, out_dir, world),
                              rollout=cfg.rollout, weights_dir=str(out_dir / "engine_weights"))
-    else:
+    elif engine is None:
         engine = HFEngine(model, tokenizer, device=device,  # shares the training model
                           max_batch_size=cfg.rollout.max_batch_size or None)
     s = Session(cfg, model, tokenizer, ref_model, optimizer, scheduler, engine,
@@ -163,8 +171,8 @@ def setup(cfg: TrainConfig, model=None, tokenizer=None, tasks=None, logger=None,
         s.start_step, s.extra = state["step"], state["extra"]
         s.prompts.position = s.extra.get("data_position", 0)
         log.info("resumed from %s (step %d)", ckpt, s.start_step)
-    if separate_weights and (world.main or not cfg.rollout.servers):
-        engine.load_weights(model)  # vLLM / the servers start from the trainer's (resumed) weights
+    if (separate_weights or world.sharded) and (world.main or not cfg.rollout.servers):
+        engine.load_weights(model)  # vLLM, the servers, fsdp's copy: the (resumed) weights
     world.barrier()
     if s.logger is None and not world.main:
         s.logger = NullLogger()  # rank 0 writes the metrics
@@ -394,9 +402,10 @@ def guard_params(s: Session) -> list:
 
 def _call_eval(eval_fn: Callable, s: Session, step: int) -> dict:
     params = inspect.signature(eval_fn).parameters
+    model = getattr(s.engine, "full_model", s.model)  # fsdp: rank 0 alone runs the full copy
     if len(params) >= 3 or "step" in params:
-        return eval_fn(s.model, s.tokenizer, step) or {}
-    return eval_fn(s.model, s.tokenizer) or {}
+        return eval_fn(model, s.tokenizer, step) or {}
+    return eval_fn(model, s.tokenizer) or {}
 
 
 def evaluate(s: Session, step: int, eval_fn: Callable | None) -> dict[str, float]:
@@ -426,9 +435,8 @@ def log_and_checkpoint(s: Session, step: int, metrics: dict, eval_fn: Callable |
         metrics["time/eval"] = time.perf_counter() - t0
     s.logger.log(step, metrics)
     s.extra["data_position"] = s.prompts.position
-    if (last or (cfg.run.save_every and step % cfg.run.save_every == 0)) and s.world.main:
-        save_checkpoint(s.out_dir, step, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler,
-                        tokenizer=s.tokenizer, extra=s.extra, keep_checkpoints=cfg.run.keep_checkpoints)
+    if last or (cfg.run.save_every and step % cfg.run.save_every == 0):
+        save_session_checkpoint(s, step)  # rank 0 alone, or every rank's shards (fsdp)
 
 
 def finish(s: Session, history: list[dict]) -> dict:

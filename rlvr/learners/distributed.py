@@ -1,20 +1,25 @@
 """Data-parallel training under ``torchrun`` (torch.distributed; gloo on CPU, NCCL on GPU).
 
-Every rank holds the whole policy (replicated data parallelism). Each step's prompts are split into
-contiguous blocks, one per rank, so a group of ``samples_per_prompt`` never crosses ranks and the
-ranks' batches, concatenated in rank order, are the single-process batch. What must be global is
-made global here, visibly:
+On-policy learners: each step's prompts are split into contiguous blocks, one per rank, so a group
+of ``samples_per_prompt`` never crosses ranks and the ranks' batches, concatenated in rank order,
+are the single-process batch. What must be global is made global here, visibly:
 
 - advantages are computed on the gathered batch (batch-level baselines and whitening see every
   trajectory), then each rank keeps its own rows;
 - the loss normalisers (sequences and tokens of a mini-batch) are all-reduced, and so are the
   gradients (summed, not averaged), so N ranks produce the single-process gradient of the same
   global batch (``tests/test_distributed.py``);
-- rank 0 alone logs, writes metrics and saves checkpoints (the weights are identical on every rank,
-  so a checkpoint resumes on any world size).
+- rank 0 alone logs, writes metrics and saves checkpoints.
 
-Deviation from the design card: parameters are replicated, not sharded with FSDP2 ``fully_shard``;
-the sharded layout is the next step for models that do not fit one device.
+Offline learners (SFT, reward model, DPO; :mod:`rlvr.learners.offline_common`) walk the same
+seeded batches on every rank, each rank training on its near-equal contiguous share of a batch
+(:meth:`World.share`), with the batch's normaliser, metric sums and gradients summed here
+(``tests/test_distributed_offline.py``).
+
+``run.parallel`` chooses how the on-policy ranks hold the weights: ``replicate`` (default; every
+rank the whole model, gradients all-reduced by :meth:`World.sum_grads_`, a checkpoint in the
+one-process format) or ``fsdp`` (FSDP2 ``fully_shard``, which sums the gradients itself, DCP
+checkpoints; :mod:`rlvr.learners.sharding`). Checkpoints of either resume on any world size.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class World:
 
     rank: int = 0
     size: int = 1
+    sharded: bool = False  # the policy is FSDP2-sharded (run.parallel = fsdp): FSDP sums its gradients
 
     @property
     def active(self) -> bool:
@@ -40,6 +46,20 @@ class World:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def share(self, items: list) -> list:
+        """This rank's contiguous, near-equal share of ``items`` (any length; the first
+        ``len(items) % size`` ranks get one more). Concatenated in rank order, the shares are
+        ``items``. For the short last batch of an offline epoch; a rank may get nothing."""
+        k, extra = divmod(len(items), self.size)
+        start = self.rank * k + min(self.rank, extra)
+        return items[start:start + k + (self.rank < extra)]
+
+    def check_divides(self, key: str, value: int, what: str) -> None:
+        """Refuse a batch setting whose ``value`` the world size does not divide, naming ``key``."""
+        if self.active and value % self.size:
+            raise ValueError(f"{key} = {value} must be a multiple of the {self.size} training ranks "
+                             f"(each rank takes an equal share of the {what})")
 
     def block(self, items: list) -> list:
         """This rank's contiguous share of ``items`` (whose length the world size divides)."""
@@ -59,10 +79,27 @@ class World:
     def sum_float(self, x: float) -> float:
         return float(self.sum_(torch.tensor(float(x), dtype=torch.float64))) if self.active else x
 
+    def sum_floats(self, values: dict[str, float]) -> dict[str, float]:
+        """Sum a dict of numbers over ranks in one all-reduce (every rank passes the same keys)."""
+        if not self.active or not values:
+            return dict(values)
+        keys = sorted(values)
+        t = self.sum_(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64))
+        return dict(zip(keys, t.tolist()))
+
     def sum_grads_(self, params) -> None:
-        """Sum the gradients over ranks (each rank's loss already carries the global normaliser)."""
-        if not self.active:
+        """Sum the gradients over ranks (each rank's loss already carries the global normaliser).
+
+        A rank whose share of the batch was empty (an offline epoch's short last batch) has no
+        gradients: where any rank has one, the others contribute zeros; a parameter no rank
+        touched keeps ``grad = None`` (so AdamW skips it, as in one process)."""
+        if not self.active or self.sharded:  # FSDP2 has reduce-scattered them already
             return
+        params = [p for p in params if p.requires_grad]
+        has = self.sum_(torch.tensor([p.grad is not None for p in params], dtype=torch.int32))
+        for p, n in zip(params, has.tolist()):
+            if n and p.grad is None:
+                p.grad = torch.zeros_like(p)
         grads = [p.grad for p in params if p.grad is not None]
         if grads:
             flat = torch.cat([g.reshape(-1) for g in grads])
@@ -81,17 +118,19 @@ class World:
         return sizes
 
     def gather_rows(self, t: torch.Tensor | None, sizes: list[int]) -> torch.Tensor | None:
-        """(B, ...) on each rank → (sum of ``sizes``, ...) in rank order; a (B, T) tensor is
-        right-padded with zeros to the longest T first."""
+        """(B, ...) on each rank → (sum of ``sizes``, ...) in rank order (the ranks' B may
+        differ); a (B, T) tensor is right-padded with zeros to the longest T first."""
         if not self.active or t is None:
             return t
         if t.dim() == 2:
             width = torch.tensor(t.shape[1])
             dist.all_reduce(width, op=dist.ReduceOp.MAX)
             t = torch.nn.functional.pad(t, (0, int(width) - t.shape[1]))
-        parts = [t.new_zeros((n,) + tuple(t.shape[1:])) for n in sizes]
+        rows = max(sizes)  # gloo gathers equal shapes only: pad the rows, cut them off after
+        t = torch.cat([t, t.new_zeros((rows - t.shape[0],) + tuple(t.shape[1:]))])
+        parts = [t.new_zeros((rows,) + tuple(t.shape[1:])) for _ in sizes]
         dist.all_gather(parts, t.contiguous())
-        return torch.cat(parts)
+        return torch.cat([part[:n] for part, n in zip(parts, sizes)])
 
     def my_rows(self, t: torch.Tensor, sizes: list[int], width: int | None = None) -> torch.Tensor:
         """This rank's rows of a tensor gathered with ``sizes``, cut back to ``width`` columns."""

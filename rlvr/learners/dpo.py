@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -27,9 +26,10 @@ import torch
 import rlvr
 from rlvr.algorithms.pref_losses import PrefLoss, cdpo_loss, dpo_sigmoid_loss, ipo_loss, simpo_loss
 from rlvr.core.config import ModelConfig
-from rlvr.core.models import load_policy, pick_device
+from rlvr.core.models import load_policy
 from rlvr.data.preferences import PrefExample, load_preference_data
 from rlvr.learners import offline_common as oc
+from rlvr.learners.distributed import World
 from rlvr.learners.runtime import GuardedStep
 
 log = logging.getLogger(__name__)
@@ -76,14 +76,20 @@ def pair_logps(model, pairs: Sequence[PrefExample], pad_id: int) -> PairLogps:
 
 
 @torch.no_grad()
-def precompute(model, pairs: Sequence[PrefExample], pad_id: int, micro_batch_size: int) -> PairLogps:
-    """Reference log-probabilities of every pair, computed once (CPU tensors)."""
+def precompute(model, pairs: Sequence[PrefExample], pad_id: int, micro_batch_size: int,
+               world: World = World()) -> PairLogps:
+    """Reference log-probabilities of every pair, computed once (CPU tensors). Under ``torchrun``
+    each rank scores its share of the pairs and every rank gets all of them, in order."""
     was_training = model.training
     model.eval()
+    mine = world.share(list(range(len(pairs))))
     parts = [pair_logps(model, [pairs[i] for i in chunk], pad_id)
-             for chunk in oc.micro_chunks(list(range(len(pairs))), micro_batch_size)]
+             for chunk in oc.micro_chunks(mine, micro_batch_size)]
     model.train(was_training)
-    return PairLogps(*(torch.cat([getattr(p, f) for p in parts]).cpu() for f in PairLogps._fields))
+    local = [torch.cat([getattr(p, f) for p in parts]).cpu() if parts else torch.zeros(0)
+             for f in PairLogps._fields]
+    sizes = world.row_counts(len(mine))
+    return PairLogps(*(world.gather_rows(x, sizes) for x in local))
 
 
 def _take(ref: PairLogps | None, idx: list[int], device) -> PairLogps | None:
@@ -107,9 +113,10 @@ def evaluate(model, pairs: Sequence[PrefExample], ref: PairLogps | None, pref, p
 
 
 def train_dpo(model, pairs: Sequence[PrefExample], ref: PairLogps | None, cfg, pad_id: int,
-              logger=None, ref_model=None) -> dict[str, Any]:
+              logger=None, ref_model=None, world: World = World()) -> dict[str, Any]:
     """Optimise ``model`` in place on ``pairs``. ``ref`` holds precomputed reference logprobs
-    (aligned with ``pairs``), or ``ref_model`` scores each batch when ``ref`` is None."""
+    (aligned with ``pairs``), or ``ref_model`` scores each batch when ``ref`` is None. Under
+    ``torchrun`` each rank trains on its share of every batch (``world``)."""
     pref = cfg.pref
     dev = next(model.parameters()).device
     n, bs = len(pairs), max(1, pref.batch_size)
@@ -122,7 +129,9 @@ def train_dpo(model, pairs: Sequence[PrefExample], ref: PairLogps | None, cfg, p
                                           seed=cfg.run.seed), start=1):
         t0 = time.perf_counter()
         sums = dict.fromkeys(("loss", "chosen", "rejected", "correct", "logp_c", "logp_r"), 0.0)
-        for chunk in oc.micro_chunks(idx, cfg.optim.micro_batch_size):
+        mine = world.share(idx)  # this rank's pairs; the normaliser is the whole batch's
+        k = world.sum_float(len(mine))
+        for chunk in oc.micro_chunks(mine, cfg.optim.micro_batch_size):
             batch = [pairs[i] for i in chunk]
             r = _take(ref, chunk, dev)
             if r is None and ref_model is not None:
@@ -130,48 +139,38 @@ def train_dpo(model, pairs: Sequence[PrefExample], ref: PairLogps | None, cfg, p
                     r = pair_logps(ref_model, batch, pad_id)
             pol = pair_logps(model, batch, pad_id)
             out = LOSSES[pref.loss](pol, r, pref)
-            (out.losses.sum() / len(idx)).backward()  # mean over the optimizer batch, divided once
+            (out.losses.sum() / k).backward()  # mean over the optimizer batch, divided once
             sums["loss"] += float(out.losses.detach().sum())
             sums["chosen"] += float(out.chosen_rewards.sum())
             sums["rejected"] += float(out.rejected_rewards.sum())
             sums["correct"] += float((out.chosen_rewards > out.rejected_rewards).sum())
             sums["logp_c"] += float(pol.chosen.detach().sum())
             sums["logp_r"] += float(pol.rejected.detach().sum())
-        k = len(idx)
+        sums = oc.sync_step(world, opt, sums)  # gradients and sums of every rank's pairs
         grad_norm = guard(sums["loss"] / k, step)  # None: skipped, the weights untouched
         m = {"train/loss": sums["loss"] / k, "pref/chosen_reward": sums["chosen"] / k,
              "pref/rejected_reward": sums["rejected"] / k,
              "pref/margin": (sums["chosen"] - sums["rejected"]) / k,
              "pref/accuracy": sums["correct"] / k, "pref/logp_chosen": sums["logp_c"] / k,
-             "pref/logp_rejected": sums["logp_r"] / k, "train/grad_norm": grad_norm or math.nan,
-             "train/skipped_steps": guard.skipped, "train/lr": sched.get_last_lr()[0],
-             "time/step": time.perf_counter() - t0}
-        history.append(m)
-        oc.log_metrics(logger, step, m)
+             "pref/logp_rejected": sums["logp_r"] / k}
+        oc.record_step(logger, history, step, m, grad_norm=grad_norm, guard=guard, scheduler=sched,
+                       t0=t0)
     model.eval()
-    return {"steps": len(history), "loss_first": history[0]["train/loss"],
-            "loss_last": history[-1]["train/loss"], "margin_last": history[-1]["pref/margin"]}
+    return oc.summary(history, margin_last="pref/margin")
 
 
 @rlvr.algorithm("dpo")
 def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     """DPO / cDPO / IPO / SimPO on preference pairs (``pref.loss``)."""
+
     check_pref_config(cfg.pref)
-    if cfg.model.lora_rank:
-        raise ValueError("model.lora_rank > 0 is not supported by the dpo learner; use full fine-tuning")
-    oc.seed_everything(cfg.run.seed)
-    out = oc.prepare_run_dir(cfg)
-    device = pick_device(cfg.run.device)
+    oc.refuse_lora(cfg, "dpo")
+    world, device, out = oc.start(cfg, "dpo")
     if model is None or tokenizer is None:
         model, tokenizer = load_policy(cfg.model, device)
+    oc.place(world, model, device, cfg)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    pairs = load_preference_data(cfg.data.train, tokenizer, limit=cfg.data.limit,
-                                 max_length=cfg.pref.max_length, seed=cfg.run.seed)
-    if cfg.data.eval:
-        held = load_preference_data(cfg.data.eval, tokenizer, limit=cfg.data.limit,
-                                    max_length=cfg.pref.max_length, seed=cfg.run.seed + 1)
-    else:
-        pairs, held = oc.split_holdout(pairs, cfg.pref.eval_fraction, cfg.run.seed)
+    pairs, held = oc.train_and_held_out(load_preference_data, cfg, tokenizer)
 
     ref_model = ref_train = ref_held = None
     if cfg.pref.loss not in REFERENCE_FREE:
@@ -183,21 +182,19 @@ def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
                                  f"tokenizer from model.name_or_path {cfg.model.name_or_path!r}")
         else:
             ref_model = copy.deepcopy(model)
+        oc.place(world, ref_model, device)
         ref_model.eval().requires_grad_(False)
-        ref_held = precompute(ref_model, held, pad, cfg.optim.micro_batch_size)
+        ref_held = precompute(ref_model, held, pad, cfg.optim.micro_batch_size, world)
         if cfg.pref.precompute_ref_logprobs:
-            ref_train = precompute(ref_model, pairs, pad, cfg.optim.micro_batch_size)
+            ref_train = precompute(ref_model, pairs, pad, cfg.optim.micro_batch_size, world)
             ref_model = None  # freed: the reference is never run again
 
-    before = evaluate(model, held, ref_held, cfg.pref, pad, cfg.optim.micro_batch_size)
-    own_logger = logger is None
-    logger = logger if logger is not None else oc.open_logger(out, cfg, oc.planned_steps(len(pairs), max(1, cfg.pref.batch_size),
-                                                       cfg.pref.epochs, cfg.run.steps))
-    try:
-        stats = train_dpo(model, pairs, ref_train, cfg, pad, logger, ref_model)
-    finally:
-        if own_logger:
-            oc.close_logger(logger)
+    before = evaluate(model, held, ref_held, cfg.pref, pad, cfg.optim.micro_batch_size) if world.main else None
+    stats = oc.train_logged(
+        lambda logger: train_dpo(model, pairs, ref_train, cfg, pad, logger, ref_model, world),
+        logger, out, cfg, len(pairs), world)
+    if not world.main:
+        return oc.other_rank_report(world, "dpo", stats)
     after = evaluate(model, held, ref_held, cfg.pref, pad, cfg.optim.micro_batch_size)
     final = oc.save_pretrained(model, tokenizer, out / "final")
     report = {"algorithm": "dpo", "loss_type": cfg.pref.loss, "train_pairs": len(pairs),
@@ -210,4 +207,5 @@ def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     oc.write_report(out, report)
     log.info("dpo (%s): held-out margin %.4f → %.4f, accuracy %.3f → %.3f", cfg.pref.loss,
              before["margin"], after["margin"], before["accuracy"], after["accuracy"])
+    world.barrier()
     return report

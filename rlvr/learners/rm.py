@@ -11,7 +11,6 @@ is one pair (the format of TRL and the hub's preference sets).
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 import time
 from typing import Any, Sequence
@@ -20,9 +19,9 @@ import torch
 
 import rlvr
 from rlvr.algorithms.pref_losses import bradley_terry_loss
-from rlvr.core.models import pick_device
 from rlvr.data.preferences import PrefExample, load_preference_data
 from rlvr.learners import offline_common as oc
+from rlvr.learners.distributed import World
 from rlvr.learners.runtime import GuardedStep
 from rlvr.rewards.reward_model import build_reward_model, save_reward_model, score_ids
 
@@ -50,8 +49,11 @@ def evaluate_pairs(model, tokenizer, pairs: Sequence[PrefExample], micro_batch_s
             "loss": float(bradley_terry_loss(c, r).losses.mean()), "chosen_scores": chosen}
 
 
-def train_reward_model(model, tokenizer, pairs: Sequence[PrefExample], cfg, logger=None) -> dict[str, Any]:
-    """Bradley–Terry training in place; per-step loss, accuracy and margin go to ``logger``."""
+def train_reward_model(model, tokenizer, pairs: Sequence[PrefExample], cfg, logger=None,
+                       world: World = World()) -> dict[str, Any]:
+    """Bradley–Terry training in place; per-step loss, accuracy and margin go to ``logger``. Under
+    ``torchrun`` each rank trains on its share of every batch (``world``)."""
+
     pad = _pad_id(tokenizer)
     n, bs = len(pairs), max(1, cfg.pref.batch_size)
     opt, sched = oc.make_optimizer(model.parameters(), cfg.optim,
@@ -63,52 +65,43 @@ def train_reward_model(model, tokenizer, pairs: Sequence[PrefExample], cfg, logg
                                           seed=cfg.run.seed), start=1):
         t0 = time.perf_counter()
         loss_sum, correct, margin_sum = 0.0, 0.0, 0.0
-        for chunk in oc.micro_chunks(idx, cfg.optim.micro_batch_size):
+        mine = world.share(idx)  # this rank's pairs; the normaliser is the whole batch's
+        k = world.sum_float(len(mine))
+        for chunk in oc.micro_chunks(mine, cfg.optim.micro_batch_size):
             # chosen and rejected in one forward: one padded batch of 2×len(chunk) sequences
             seqs = [pairs[i].chosen_seq()[0] for i in chunk] + [pairs[i].rejected_seq()[0] for i in chunk]
             scores = score_ids(model, seqs, pad)  # (2m,)
             out = bradley_terry_loss(scores[: len(chunk)], scores[len(chunk):])
-            (out.losses.sum() / len(idx)).backward()  # mean over the optimizer batch, divided once
+            (out.losses.sum() / k).backward()  # mean over the optimizer batch, divided once
             loss_sum += float(out.losses.detach().sum())
             correct += float((out.chosen_rewards > out.rejected_rewards).sum())
             margin_sum += float((out.chosen_rewards - out.rejected_rewards).sum())
-        grad_norm = guard(loss_sum / len(idx), step)  # None: skipped, the weights untouched
-        m = {"train/loss": loss_sum / len(idx), "pref/accuracy": correct / len(idx),
-             "pref/margin": margin_sum / len(idx), "train/grad_norm": grad_norm or math.nan,
-             "train/skipped_steps": guard.skipped, "train/lr": sched.get_last_lr()[0],
-             "time/step": time.perf_counter() - t0}
-        history.append(m)
-        oc.log_metrics(logger, step, m)
+        sums = oc.sync_step(world, opt, {"loss": loss_sum, "correct": correct, "margin": margin_sum})
+        loss_sum, correct, margin_sum = sums["loss"], sums["correct"], sums["margin"]
+        grad_norm = guard(loss_sum / k, step)  # None: skipped, the weights untouched
+        m = {"train/loss": loss_sum / k, "pref/accuracy": correct / k, "pref/margin": margin_sum / k}
+        oc.record_step(logger, history, step, m, grad_norm=grad_norm, guard=guard, scheduler=sched,
+                       t0=t0)
     model.eval()
-    return {"steps": len(history), "loss_first": history[0]["train/loss"],
-            "loss_last": history[-1]["train/loss"], "accuracy_last": history[-1]["pref/accuracy"]}
+    return oc.summary(history, accuracy_last="pref/accuracy")
 
 
 @rlvr.algorithm("rm")
 def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     """Bradley–Terry reward model on preference pairs; reports pairwise accuracy."""
-    if cfg.model.lora_rank:
-        raise ValueError("model.lora_rank > 0 is not supported by the rm learner; use full fine-tuning")
-    oc.seed_everything(cfg.run.seed)
-    out = oc.prepare_run_dir(cfg)
+
+    oc.refuse_lora(cfg, "rm")
+    world, device, out = oc.start(cfg, "rm")
     if model is None or tokenizer is None:
-        model, tokenizer = build_reward_model(cfg.model, pick_device(cfg.run.device))
-    pairs = load_preference_data(cfg.data.train, tokenizer, limit=cfg.data.limit,
-                                 max_length=cfg.pref.max_length, seed=cfg.run.seed)
-    if cfg.data.eval:
-        held = load_preference_data(cfg.data.eval, tokenizer, limit=cfg.data.limit,
-                                    max_length=cfg.pref.max_length, seed=cfg.run.seed + 1)
-    else:
-        pairs, held = oc.split_holdout(pairs, cfg.pref.eval_fraction, cfg.run.seed)
-    before = evaluate_pairs(model, tokenizer, held, cfg.optim.micro_batch_size)
-    own_logger = logger is None
-    logger = logger if logger is not None else oc.open_logger(out, cfg, oc.planned_steps(len(pairs), max(1, cfg.pref.batch_size),
-                                                       cfg.pref.epochs, cfg.run.steps))
-    try:
-        stats = train_reward_model(model, tokenizer, pairs, cfg, logger)
-    finally:
-        if own_logger:
-            oc.close_logger(logger)
+        model, tokenizer = build_reward_model(cfg.model, device)
+    oc.place(world, model, device, cfg)
+    pairs, held = oc.train_and_held_out(load_preference_data, cfg, tokenizer)
+    before = evaluate_pairs(model, tokenizer, held, cfg.optim.micro_batch_size) if world.main else None
+    stats = oc.train_logged(
+        lambda logger: train_reward_model(model, tokenizer, pairs, cfg, logger, world),
+        logger, out, cfg, len(pairs), world)
+    if not world.main:
+        return oc.other_rank_report(world, "rm", stats)
     after = evaluate_pairs(model, tokenizer, held, cfg.optim.micro_batch_size)
     ref = after.pop("chosen_scores")
     before.pop("chosen_scores")
@@ -127,4 +120,5 @@ def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     oc.write_report(out, report)
     log.info("rm: held-out pairwise accuracy %.3f → %.3f; saved to %s",
              before["accuracy"], after["accuracy"], final)
+    world.barrier()
     return report

@@ -43,6 +43,22 @@ def master_weights_fp32(model, dtype_name: str):
     return model
 
 
+def activation_checkpointing(model, enabled: bool):
+    """``model.gradient_checkpointing``: recompute each layer's activations in the backward pass
+    (non-reentrant ``torch.utils.checkpoint``, which FSDP2 and frozen inputs work with)."""
+    if not enabled:
+        return model
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    elif hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise ValueError(f"model.gradient_checkpointing: {type(model).__name__} is not a transformers "
+                         "model with activation (gradient) checkpointing")
+    return model
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -81,6 +97,8 @@ class GuardedStep:
         """Returns the gradient norm, or None when the step was skipped."""
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         gn = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        if hasattr(gn, "full_tensor"):  # FSDP2: the norm of sharded gradients, a DTensor
+            gn = gn.full_tensor()
         if not (math.isfinite(loss) and torch.isfinite(gn)):
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped += 1

@@ -19,11 +19,12 @@ import torch
 
 import rlvr
 from rlvr.algorithms.pref_losses import masked_nll_sum
-from rlvr.core.models import load_policy, pick_device
+from rlvr.core.models import load_policy
 from rlvr.core.types import Trajectory
 from rlvr.data.preferences import load_sft_data
 from rlvr.learners import offline_common as oc
 from rlvr.learners.batch import collate, token_logprobs
+from rlvr.learners.distributed import World
 from rlvr.learners.runtime import GuardedStep
 
 log = logging.getLogger(__name__)
@@ -47,14 +48,18 @@ def nll_of(model, trajectories: Sequence[Trajectory], pad_id: int, micro_batch_s
     return total / max(count, 1.0)
 
 
-def accumulate_gradients(model, batch: Sequence[Trajectory], pad_id: int, micro_batch_size: int) -> float:
+def accumulate_gradients(model, batch: Sequence[Trajectory], pad_id: int, micro_batch_size: int,
+                         batch_tokens: float | None = None) -> float:
     """Backward the token-mean NLL of one optimizer batch through micro-batches; returns the loss.
 
     Each micro-batch's summed NLL is divided by the token count of the whole batch — the one
-    normaliser — so the accumulated gradient does not depend on ``micro_batch_size``.
+    normaliser — so the accumulated gradient does not depend on ``micro_batch_size``. Under
+    ``torchrun`` ``batch`` is this rank's share and ``batch_tokens`` the all-reduced count of the
+    whole batch; the returned loss is then this rank's part of it.
     """
     dev = _device_of(model)
-    batch_tokens = sum(t.num_sampled for t in batch)
+    if batch_tokens is None:
+        batch_tokens = sum(t.num_sampled for t in batch)
     loss_sum = 0.0
     for chunk in oc.micro_chunks(list(range(len(batch))), micro_batch_size):
         mb = collate([batch[i] for i in chunk], pad_id).to(dev)
@@ -65,11 +70,12 @@ def accumulate_gradients(model, batch: Sequence[Trajectory], pad_id: int, micro_
 
 
 def train_on_trajectories(model, tokenizer, trajectories: Sequence[Trajectory], cfg,
-                          logger=None) -> dict[str, Any]:
+                          logger=None, world: World = World()) -> dict[str, Any]:
     """Train ``model`` in place on trajectories' ``loss_mask == 1`` tokens.
 
     ``pref.epochs`` passes in batches of ``pref.batch_size`` sequences (micro-batches of
     ``optim.micro_batch_size``), capped at ``run.steps`` optimizer steps when that is > 0.
+    Under ``torchrun`` each rank trains on its share of every batch (``world``).
     Returns ``{"steps", "loss_first", "loss_last", "tokens"}``.
     """
     trajectories = [t for t in trajectories if t.num_sampled > 0]
@@ -86,9 +92,10 @@ def train_on_trajectories(model, tokenizer, trajectories: Sequence[Trajectory], 
     for step, idx in enumerate(oc.batches(n, bs, epochs=cfg.pref.epochs, max_steps=cfg.run.steps,
                                           seed=cfg.run.seed), start=1):
         t0 = time.perf_counter()
-        batch = [trajectories[i] for i in idx]
-        loss = accumulate_gradients(model, batch, pad_id, cfg.optim.micro_batch_size)
-        batch_tokens = sum(t.num_sampled for t in batch)
+        batch = [trajectories[i] for i in world.share(idx)]  # this rank's rows
+        batch_tokens = int(world.sum_float(sum(t.num_sampled for t in batch)))  # the whole batch's
+        loss = accumulate_gradients(model, batch, pad_id, cfg.optim.micro_batch_size, batch_tokens)
+        loss = oc.sync_step(world, opt, {"loss": loss})["loss"]
         grad_norm = guard(loss, step)  # None: skipped, the weights untouched
         if grad_norm is None:
             continue
@@ -104,29 +111,20 @@ def train_on_trajectories(model, tokenizer, trajectories: Sequence[Trajectory], 
 @rlvr.algorithm("sft")
 def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     """Supervised fine-tuning on completion tokens (prompt/completion, messages or token rows)."""
-    if cfg.model.lora_rank:
-        raise ValueError("model.lora_rank > 0 is not supported by the sft learner; use full fine-tuning")
-    oc.seed_everything(cfg.run.seed)
-    out = oc.prepare_run_dir(cfg)
+
+    oc.refuse_lora(cfg, "sft")
+    world, device, out = oc.start(cfg, "sft")
     if model is None or tokenizer is None:
-        model, tokenizer = load_policy(cfg.model, pick_device(cfg.run.device))
-    train = load_sft_data(cfg.data.train, tokenizer, limit=cfg.data.limit,
-                          max_length=cfg.pref.max_length, seed=cfg.run.seed)
-    if cfg.data.eval:
-        held_out = load_sft_data(cfg.data.eval, tokenizer, limit=cfg.data.limit,
-                                 max_length=cfg.pref.max_length, seed=cfg.run.seed + 1)
-    else:
-        train, held_out = oc.split_holdout(train, cfg.pref.eval_fraction, cfg.run.seed)
+        model, tokenizer = load_policy(cfg.model, device)
+    oc.place(world, model, device, cfg)
+    train, held_out = oc.train_and_held_out(load_sft_data, cfg, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eval_before = nll_of(model, held_out, pad_id, cfg.optim.micro_batch_size)
-    own_logger = logger is None
-    logger = logger if logger is not None else oc.open_logger(out, cfg, oc.planned_steps(len(train), max(1, cfg.pref.batch_size),
-                                                       cfg.pref.epochs, cfg.run.steps))
-    try:
-        stats = train_on_trajectories(model, tokenizer, train, cfg, logger)
-    finally:
-        if own_logger:
-            oc.close_logger(logger)
+    eval_before = nll_of(model, held_out, pad_id, cfg.optim.micro_batch_size) if world.main else None
+    stats = oc.train_logged(
+        lambda logger: train_on_trajectories(model, tokenizer, train, cfg, logger, world),
+        logger, out, cfg, len(train), world)
+    if not world.main:
+        return oc.other_rank_report(world, "sft", stats)
     eval_after = nll_of(model, held_out, pad_id, cfg.optim.micro_batch_size)
     final = oc.save_pretrained(model, tokenizer, out / "final")
     report = {"algorithm": "sft", "train_rows": len(train), "eval_rows": len(held_out),
@@ -135,4 +133,5 @@ def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     report["eval"] = {"eval/nll_before": eval_before, "eval/nll": eval_after}  # what `rlvr train` prints
     oc.write_report(out, report)
     log.info("sft: eval NLL %.3f → %.3f; model saved to %s", eval_before, eval_after, final)
+    world.barrier()
     return report

@@ -1,14 +1,14 @@
 """One learner step on fixed trajectories, run alone or under ``torchrun``; saves the gradients of
 every optimizer step (after the ranks' all-reduce) and the logged metrics to ``OUT/rank{r}.pt``.
 
-Usage: python dist_worker.py OUT ALGORITHM   (or torchrun --nproc_per_node 2 dist_worker.py ...)
+Usage: python dist_worker.py OUT ALGORITHM [fsdp] [resume]   (or under torchrun --nproc_per_node 2)
+``fsdp``: run.parallel = fsdp; ``resume``: continue OUT's newest checkpoint for a third step.
 """
 
 import os
 import sys
 
 import torch
-from grads import record_gradients  # tests/helpers, this script's folder
 
 from rlvr.core.config import TrainConfig
 from rlvr.core.models import build_tiny_model, build_tiny_tokenizer
@@ -16,6 +16,9 @@ from rlvr.core.types import Task, Trajectory
 from rlvr.learners import common
 from rlvr.learners.batch import collate
 from rlvr.learners.dispatch import learner_for
+from rlvr.learners.sharding import full_state_dict, is_sharded
+
+from grads import record_gradients  # tests/helpers, this script's folder
 
 TASKS = [Task(f"q{i}", [str(i)], id=f"t{i}") for i in range(4)]
 
@@ -39,9 +42,13 @@ def fake_rollout(s, step, attempt=0):
     return trajs, {"time/rollout": 0.0}
 
 
-def main(out: str, algorithm: str) -> None:
+def main(out: str, algorithm: str, *flags: str) -> None:
     cfg = TrainConfig(algorithm=algorithm)
     cfg.run.output_dir, cfg.run.steps, cfg.run.progress, cfg.run.device = out, 2, False, "cpu"
+    if "fsdp" in flags:
+        cfg.run.parallel = "fsdp"
+    if "resume" in flags:
+        cfg.run.resume, cfg.run.steps = True, 3
     cfg.data.shuffle = False
     cfg.rl.prompts_per_step, cfg.rollout.samples_per_prompt = 4, 2
     cfg.rollout.max_new_tokens, cfg.rollout.max_turns, cfg.rollout.max_total_tokens = 6, 2, 96
@@ -56,8 +63,11 @@ def main(out: str, algorithm: str) -> None:
     with record_gradients() as grads:
         report = learner_for(algorithm)(cfg, model=model, tokenizer=tok, tasks=TASKS)
     rank = int(os.environ.get("RANK", "0"))
-    torch.save({"grads": grads, "final": report["final"]}, os.path.join(out, f"rank{rank}.pt"))
+    # the trained weights, whole (fully_shard turned ``model`` itself into the sharded module)
+    weights = full_state_dict(model) if is_sharded(model) else model.state_dict()
+    name = f"rank{rank}{'-resumed' if 'resume' in flags else ''}.pt"
+    torch.save({"grads": grads, "final": report["final"], "weights": weights}, os.path.join(out, name))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

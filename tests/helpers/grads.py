@@ -14,7 +14,9 @@ def record_gradients():
 
     def spy(params, *a, **kw):
         params = list(params)
-        grads.append(torch.cat([p.grad.flatten() for p in params if p.grad is not None]).clone())
+        full = [p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad  # FSDP2 shards
+                for p in params if p.grad is not None]
+        grads.append(torch.cat([g.flatten() for g in full]).clone())
         return real(params, *a, **kw)
 
     torch.nn.utils.clip_grad_norm_ = spy
