@@ -62,11 +62,27 @@ class Batch:
         t = int(sub.lengths.max()) if len(sub) else 0
         return replace(sub, **{k: v[:, :t] for k, v in sub._tensor_fields() if v.dim() == 2})
 
-    def split(self, size: int) -> list["Batch"]:
-        """Consecutive micro-batches of at most ``size`` rows."""
+    def split(self, size: int, *, by_length: bool = False) -> list["Batch"]:
+        """Micro-batches of at most ``size`` rows: consecutive rows, or with ``by_length`` the rows
+        in :meth:`length_order` (longest first), so that each micro-batch, trimmed to its own
+        longest row, carries as little padding as ``size`` allows. Together they hold exactly this
+        batch's rows either way."""
         if size < 1:
             raise ValueError(f"micro-batch size must be >= 1, got {size}")
-        return [self.select(slice(i, i + size)) for i in range(0, len(self), size)]
+        if not by_length:
+            return [self.select(slice(i, i + size)) for i in range(0, len(self), size)]
+        order = self.length_order()
+        return [self.select(order[i:i + size]) for i in range(0, len(self), size)]
+
+    def length_order(self) -> torch.Tensor:
+        """Row indices (B,), longest row first (ties keep their order): the row order of
+        ``split(size, by_length=True)``."""
+        return torch.sort(self.lengths, descending=True, stable=True).indices
+
+    @property
+    def padded_tokens(self) -> int:
+        """Padding positions of the (B, T) tensors: what a forward pass over them wastes."""
+        return self.input_ids.numel() - int(self.lengths.sum())
 
     @property
     def num_tokens(self) -> int:

@@ -238,13 +238,16 @@ def forward_logprobs(s: Session, batch: Batch, *, reference: bool = False) -> to
     ctx = s.model.disable_adapter() if reference and s.ref_model == "adapter-disabled" else nullcontext()
     was = model.training
     model.eval()
-    out = []
+    out = torch.zeros(batch.input_ids.shape)
+    buckets = s.cfg.optim.length_buckets
+    order = batch.length_order() if buckets else torch.arange(len(batch))
+    rows = order.split(s.cfg.optim.micro_batch_size)
     with ctx, s.compute():
-        for mb in batch.split(s.cfg.optim.micro_batch_size):
+        for idx, mb in zip(rows, batch.split(s.cfg.optim.micro_batch_size, by_length=buckets)):
             lp, _ = token_logprobs(model, mb.to(s.device), policy_temperature(s.cfg), with_entropy=False)
-            out.append(torch.nn.functional.pad(lp.cpu(), (0, batch.input_ids.shape[1] - lp.shape[1])))
+            out[idx, :lp.shape[1]] = lp.float().cpu()
     model.train(was)
-    return torch.cat(out)
+    return out
 
 
 def prepare_batch(s: Session, trajs: list[Trajectory], advantages: torch.Tensor | None = None) -> Batch:
@@ -318,7 +321,8 @@ def accumulate_gradients(s: Session, mini: Batch, algo, *, kl_coef: float,
 
     Normalisation happens here, once: the mini-batch's sequence and token counts go to
     :func:`rlvr.losses.aggregate` for every micro-batch, so the accumulated gradient equals the
-    gradient of the whole mini-batch's loss whatever ``optim.micro_batch_size`` is.
+    gradient of the whole mini-batch's loss whatever ``optim.micro_batch_size`` is, and whether
+    ``optim.length_buckets`` groups rows of similar length into the same micro-batch.
     ``extra_loss(mb, norm)`` adds a scalar loss on the same micro-batch (PPO's shared value head).
     Returns (loss, masked sums of the diagnostics, trained tokens); ``logprob_gap`` sums
     |trainer - engine| logprob over the trained tokens the engine sampled.
@@ -326,7 +330,7 @@ def accumulate_gradients(s: Session, mini: Batch, algo, *, kl_coef: float,
     cfg = s.cfg
     norm = global_norm(s, mini)
     total, sums, tokens = 0.0, {}, 0.0
-    for mb in mini.split(cfg.optim.micro_batch_size):
+    for mb in mini.split(cfg.optim.micro_batch_size, by_length=cfg.optim.length_buckets):
         mb = mb.to(s.device)
         per_token, diag = policy_loss_terms(s, mb, algo, kl_coef=kl_coef)
         loss = aggregate(per_token, mb.loss_mask, cfg.rl.loss_agg, **norm)
