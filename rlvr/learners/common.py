@@ -233,18 +233,20 @@ def policy_temperature(cfg: TrainConfig) -> float:
 
 @torch.no_grad()
 def forward_logprobs(s: Session, batch: Batch, *, reference: bool = False) -> torch.Tensor:
-    """(B, T) logprobs of the batch under the policy (or the reference), no grad, micro-batched."""
+    """(B, T) logprobs of the batch's ``loss_mask`` tokens under the policy (or the reference), 0
+    elsewhere; no grad, micro-batched."""
     model = s.model if (not reference or s.ref_model == "adapter-disabled") else s.ref_model
     ctx = s.model.disable_adapter() if reference and s.ref_model == "adapter-disabled" else nullcontext()
     was = model.training
     model.eval()
     out = torch.zeros(batch.input_ids.shape)
-    buckets = s.cfg.optim.length_buckets
+    size, buckets = s.cfg.optim.micro_batch_size, s.cfg.optim.length_buckets
     order = batch.length_order() if buckets else torch.arange(len(batch))
-    rows = order.split(s.cfg.optim.micro_batch_size)
     with ctx, s.compute():
-        for idx, mb in zip(rows, batch.split(s.cfg.optim.micro_batch_size, by_length=buckets)):
-            lp, _ = token_logprobs(model, mb.to(s.device), policy_temperature(s.cfg), with_entropy=False)
+        for idx, mb in zip(order.split(size), batch.split(size, by_length=buckets)):
+            mb = mb.to(s.device)
+            lp, _ = token_logprobs(model, mb, policy_temperature(s.cfg), with_entropy=False,
+                                   only=mb.loss_mask)
             out[idx, :lp.shape[1]] = lp.float().cpu()
     model.train(was)
     return out
@@ -299,7 +301,8 @@ def policy_loss_terms(s: Session, mb: Batch, algo, *, kl_coef: float
     cfg = s.cfg
     with s.compute():
         lp, ent = token_logprobs(s.model, mb, policy_temperature(cfg), with_entropy=True,
-                                 entropy_grad=bool(cfg.rl.entropy_coef))  # else a diagnostic only
+                                 entropy_grad=bool(cfg.rl.entropy_coef),  # else a diagnostic only
+                                 only=mb.loss_mask)
     per_token, was_clipped = algo.policy_loss(lp, mb, cfg.rl)
     if mb.is_weights is not None:
         per_token = per_token * mb.is_weights
