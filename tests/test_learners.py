@@ -7,10 +7,11 @@ import torch
 
 from rlvr.algorithms.grpo import GRPO
 from rlvr.algorithms.rloo import RLOO
+from rlvr.core.types import Trajectory
 from rlvr.learners import common
 from rlvr.learners.runtime import lr_schedule
+
 from conftest import tiny_learner_config
-from rlvr.core.types import Trajectory
 
 
 def _cfg(tmp_path, algorithm="grpo", **rl):
@@ -133,6 +134,37 @@ def test_one_batch_of_8_equals_two_micro_batches_of_4(tmp_path, tiny_tokenizer, 
         grads.append(torch.cat([p.grad.flatten() for p in s.model.parameters()]))
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_length_buckets_give_the_same_gradient_with_less_padding(tmp_path, tiny_tokenizer, fresh_model,
+                                                                 monkeypatch):
+    s = _session(tmp_path, tiny_tokenizer, fresh_model, kl_coef=0.2, entropy_coef=0.01)
+    trajs = _mixed_trajectories(8)  # lengths 6, 8, 10, 6, 8, 10, 6, 8 (62 tokens)
+    padding, real = [], common.token_logprobs
+
+    def spy(model, b, temperature, **kw):
+        padding.append(b.padded_tokens)
+        return real(model, b, temperature, **kw)
+
+    monkeypatch.setattr(common, "token_logprobs", spy)
+    s.cfg.optim.micro_batch_size = 3
+    grads, ref, pad = [], [], []
+    for buckets in (False, True):
+        s.cfg.optim.length_buckets = buckets
+        batch = common.prepare_batch(s, trajs, torch.linspace(-1, 1, 8))  # reference logprobs
+        ref.append(batch.ref_logprobs)
+        padding.clear()
+        s.model.zero_grad(set_to_none=True)
+        common.accumulate_gradients(s, batch, GRPO, kl_coef=0.2)
+        grads.append(torch.cat([p.grad.flatten() for p in s.model.parameters()]))
+        pad.append(sum(padding))
+    # in row order: [6, 8, 10] [6, 8, 10] [6, 8] pad (4 + 2) + (4 + 2) + 2 = 14; by length:
+    # [10, 10, 8] [8, 8, 6] [6, 6] pad 2 + 2 + 0 = 4
+    assert pad == [14, 4]
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ref[0], ref[1], rtol=0, atol=1e-5)  # rows back in batch order
+    assert ref[0].abs().sum() > 0
 
 
 def test_engine_logprobs_match_the_learner_so_the_first_ratio_is_one(tmp_path, tiny_tokenizer, fresh_model):

@@ -3,11 +3,11 @@ import json
 import pytest
 import torch
 
-from rlvr.learners.batch import collate, token_logprobs
 from rlvr.core.config import load_config
-from rlvr.learners.sft import accumulate_gradients, nll_of, train_on_trajectories
 from rlvr.core.models import build_tiny_model
 from rlvr.core.types import Trajectory
+from rlvr.learners.batch import collate, token_logprobs
+from rlvr.learners.sft import accumulate_gradients, nll_of, train_on_trajectories
 
 
 def search_demo(tok, question: str, query: str, passage: str, answer: str) -> Trajectory:
@@ -68,6 +68,23 @@ def test_micro_batches_give_the_same_gradient(tiny_tokenizer):
     model.zero_grad()
     accumulate_gradients(model, batch, tok.pad_token_id, micro_batch_size=4)
     for x, y in zip(one, grads(model)):
+        assert torch.allclose(x, y, atol=1e-6)
+
+
+def test_length_buckets_give_the_same_gradient(tiny_tokenizer):
+    tok = tiny_tokenizer
+    model = build_tiny_model(tok, hidden_size=32, num_layers=1, seed=1)
+    batch = [search_demo(tok, f"Where was author {i} born?", f"author {i}", "Doc: " + "far " * (i * 3),
+                         f"Paris {i}") for i in range(8)]  # passages of 0 to 21 extra words
+    assert len({len(t) for t in batch}) == 8
+    out = []
+    for by_length in (False, True):
+        model.zero_grad()
+        out.append(accumulate_gradients(model, batch, tok.pad_token_id, 3, by_length=by_length))
+        out.append(grads(model))
+    assert out[0] == pytest.approx(out[2], rel=1e-5)  # the same loss
+    assert sum(float(g.abs().sum()) for g in out[1]) > 0
+    for x, y in zip(out[1], out[3]):
         assert torch.allclose(x, y, atol=1e-6)
 
 

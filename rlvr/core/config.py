@@ -141,6 +141,10 @@ class OptimConfig:
     """Gradient clipping threshold (0 = off)."""
     micro_batch_size: int = 8
     """Sequences per forward/backward; gradients accumulate to the mini-batch."""
+    length_buckets: bool = True
+    """Cut each mini-batch into micro-batches after ordering its rows by length, so each
+    micro-batch is padded only to its own longest row. The mini-batches and their normalisers are
+    unchanged (the gradient is the same up to float summation order); False keeps row order."""
 
 
 @dataclass

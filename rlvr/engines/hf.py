@@ -332,8 +332,16 @@ def _inverse_cdf(w: torch.Tensor, u: torch.Tensor, block: int = 1024) -> tuple[t
     probability exactly ``w_j / sum(w)`` — and ``sum(w)`` (B, 1), both sums in fp64.
 
     Two levels, so no (B, V) fp64 tensor is built: fp64 sums of blocks of ``block`` entries, a
-    binary search for the block holding ``u * total``, then a cumulative sum inside that block."""
+    binary search for the block holding ``u * total``, then a cumulative sum inside that block.
+    A vocabulary of one block or less is that block: one cumulative sum, the same draw."""
     B, V = w.shape
+    if V <= block:  # the two-level path below with a single block, without its padding to block
+        total = w.sum(-1, keepdim=True, dtype=torch.float64)  # (B, 1)
+        x = u[:, None] * total  # (B, 1)
+        cb = w.double().cumsum(-1)  # (B, V)
+        j = torch.searchsorted(cb, x, right=True)
+        j = torch.minimum(j, (cb < cb[:, -1:]).sum(-1, keepdim=True))  # rounding at the end
+        return j.squeeze(1), total
     nf = V // block
     sums = w[:, :nf * block].view(B, nf, block).sum(-1, dtype=torch.float64)  # (B, nf)
     if V > nf * block:

@@ -63,11 +63,27 @@ class Batch:
         t = int(sub.lengths.max()) if len(sub) else 0
         return replace(sub, **{k: v[:, :t] for k, v in sub._tensor_fields() if v.dim() == 2})
 
-    def split(self, size: int) -> list["Batch"]:
-        """Consecutive micro-batches of at most ``size`` rows."""
+    def split(self, size: int, *, by_length: bool = False) -> list["Batch"]:
+        """Micro-batches of at most ``size`` rows: consecutive rows, or with ``by_length`` the rows
+        in :meth:`length_order` (longest first), so that each micro-batch, trimmed to its own
+        longest row, carries as little padding as ``size`` allows. Together they hold exactly this
+        batch's rows either way."""
         if size < 1:
             raise ValueError(f"micro-batch size must be >= 1, got {size}")
-        return [self.select(slice(i, i + size)) for i in range(0, len(self), size)]
+        if not by_length:
+            return [self.select(slice(i, i + size)) for i in range(0, len(self), size)]
+        order = self.length_order()
+        return [self.select(order[i:i + size]) for i in range(0, len(self), size)]
+
+    def length_order(self) -> torch.Tensor:
+        """Row indices (B,), longest row first (ties keep their order): the row order of
+        ``split(size, by_length=True)``."""
+        return torch.sort(self.lengths, descending=True, stable=True).indices
+
+    @property
+    def padded_tokens(self) -> int:
+        """Padding positions of the (B, T) tensors: what a forward pass over them wastes."""
+        return self.input_ids.numel() - int(self.lengths.sum())
 
     @property
     def num_tokens(self) -> int:
@@ -102,7 +118,8 @@ def collate(trajectories: Sequence[Trajectory], pad_token_id: int) -> Batch:
 
 
 def token_logprobs(model, batch: Batch, temperature: float = 1.0, *, with_entropy: bool = True,
-                   entropy_grad: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                   entropy_grad: bool = True, only: Optional[torch.Tensor] = None
+                   ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Per-token log-probabilities (B, T) of each token given its prefix, and entropies (B, T).
 
     ``out[b, t] = log_softmax(logits[b, t-1] / temperature)[input_ids[b, t]]``; the entropy at
@@ -116,7 +133,14 @@ def token_logprobs(model, batch: Batch, temperature: float = 1.0, *, with_entrop
     skipped prompt position saves a 600 kB row of fp32 logits per sequence. ``entropy_grad=False``
     (the entropy is only a diagnostic, ``rl.entropy_coef == 0``) computes it without autograd,
     one sequence at a time, instead of keeping a (B, T, V) graph for it.
+
+    ``only`` (B, T), e.g. the ``loss_mask``: the tokens wanted; both outputs are 0 elsewhere. For
+    a model whose logits are its output embedding applied to its decoder's last hidden state
+    (:func:`plain_head`), the head then runs on those tokens' positions alone — a multi-turn
+    trajectory's observations (retrieved passages, tool results) get no (V,) row of logits.
     """
+    if only is not None and (parts := plain_head(model)) is not None:
+        return _selected_logprobs(*parts, batch, temperature, with_entropy, entropy_grad, only)
     T = batch.input_ids.shape[1]
     start = first_scored_column(batch)
     kw = {}
@@ -131,6 +155,9 @@ def token_logprobs(model, batch: Batch, temperature: float = 1.0, *, with_entrop
     lse = torch.logsumexp(logits, dim=-1)  # (B, T-start)
     lp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse  # (B, T-start)
     logprobs = torch.nn.functional.pad(lp, (start, 0))  # (B, T), aligned with loss_mask
+    keep = None if only is None else (only > 0).to(logprobs.dtype)  # (B, T)
+    if keep is not None:
+        logprobs = logprobs * keep
     if not with_entropy:
         return logprobs, None
     if entropy_grad:
@@ -139,7 +166,65 @@ def token_logprobs(model, batch: Batch, temperature: float = 1.0, *, with_entrop
         with torch.no_grad():
             ent = torch.stack([lse[b] - (torch.softmax(logits[b], dim=-1) * logits[b]).sum(-1)
                                for b in range(logits.shape[0])]) if logits.shape[0] else lse.detach()
-    return logprobs, torch.nn.functional.pad(ent, (start, 0))  # (B, T)
+    ent = torch.nn.functional.pad(ent, (start, 0))  # (B, T)
+    return logprobs, (ent if keep is None else ent * keep)
+
+
+# Model types whose causal-LM forward is exactly ``lm_head(model(...).last_hidden_state)``: no
+# logit scaling or soft-capping after the head (transformers' Llama, Qwen2/3 and Mistral).
+PLAIN_HEAD_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def plain_head(model):
+    """(decoder, output embedding) of a causal LM in :data:`PLAIN_HEAD_MODEL_TYPES` (a PEFT
+    wrapper is looked through), or None: other models, and FSDP-sharded ones (whose root forward
+    gathers the head's weights), take the whole-model path."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
+        return None
+    try:
+        from torch.distributed.fsdp import FSDPModule
+
+        if any(isinstance(m, FSDPModule) for m in model.modules()):
+            return None
+    except ImportError:
+        pass
+    try:
+        decoder, head = model.get_decoder(), model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if decoder is None or head is None or decoder is model:
+        return None
+    return decoder, head
+
+
+def _selected_logprobs(decoder, head, batch: Batch, temperature: float, with_entropy: bool,
+                       entropy_grad: bool, only: torch.Tensor
+                       ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """:func:`token_logprobs` at the ``only`` tokens: the decoder over the whole batch, the head,
+    logsumexp and gather on the N selected positions (N, V) only."""
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                     use_cache=False).last_hidden_state  # (B, T, H)
+    want = only > 0
+    want[:, 0] = False  # column 0 has no prediction
+    rows, cols = want.nonzero(as_tuple=True)  # (N,) each: token (rows, cols) is predicted at cols-1
+    logits = head(hidden[rows, cols - 1]).float()  # (N, V)
+    if temperature and temperature != 1.0:
+        logits = logits / temperature
+    lse = torch.logsumexp(logits, dim=-1)  # (N,)
+    lp = logits.gather(-1, batch.input_ids[rows, cols].unsqueeze(-1)).squeeze(-1) - lse  # (N,)
+    zeros = torch.zeros(batch.input_ids.shape, dtype=lp.dtype, device=lp.device)  # (B, T)
+    logprobs = zeros.index_put((rows, cols), lp)
+    if not with_entropy:
+        return logprobs, None
+    if entropy_grad:
+        ent = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # (N,)
+    else:
+        with torch.no_grad():  # in chunks: no (N, V) softmax kept or built at once
+            ent = torch.cat([c_lse - (torch.softmax(c, dim=-1) * c).sum(-1)
+                             for c, c_lse in zip(logits.split(1024), lse.split(1024))]
+                            ) if len(lse) else lse.detach()
+    return logprobs, zeros.index_put((rows, cols), ent)
 
 
 def first_scored_column(batch: Batch) -> int:

@@ -235,18 +235,23 @@ def policy_temperature(cfg: TrainConfig) -> float:
 
 @torch.no_grad()
 def forward_logprobs(s: Session, batch: Batch, *, reference: bool = False) -> torch.Tensor:
-    """(B, T) logprobs of the batch under the policy (or the reference), no grad, micro-batched."""
+    """(B, T) logprobs of the batch's ``loss_mask`` tokens under the policy (or the reference), 0
+    elsewhere; no grad, micro-batched."""
     model = s.model if (not reference or s.ref_model == "adapter-disabled") else s.ref_model
     ctx = s.model.disable_adapter() if reference and s.ref_model == "adapter-disabled" else nullcontext()
     was = model.training
     model.eval()
-    out = []
+    out = torch.zeros(batch.input_ids.shape)
+    size, buckets = s.cfg.optim.micro_batch_size, s.cfg.optim.length_buckets
+    order = batch.length_order() if buckets else torch.arange(len(batch))
     with ctx, s.compute():
-        for mb in batch.split(s.cfg.optim.micro_batch_size):
-            lp, _ = token_logprobs(model, mb.to(s.device), policy_temperature(s.cfg), with_entropy=False)
-            out.append(torch.nn.functional.pad(lp.cpu(), (0, batch.input_ids.shape[1] - lp.shape[1])))
+        for idx, mb in zip(order.split(size), batch.split(size, by_length=buckets)):
+            mb = mb.to(s.device)
+            lp, _ = token_logprobs(model, mb, policy_temperature(s.cfg), with_entropy=False,
+                                   only=mb.loss_mask)
+            out[idx, :lp.shape[1]] = lp.float().cpu()
     model.train(was)
-    return torch.cat(out)
+    return out
 
 
 def prepare_batch(s: Session, trajs: list[Trajectory], advantages: torch.Tensor | None = None) -> Batch:
@@ -298,7 +303,8 @@ def policy_loss_terms(s: Session, mb: Batch, algo, *, kl_coef: float
     cfg = s.cfg
     with s.compute():
         lp, ent = token_logprobs(s.model, mb, policy_temperature(cfg), with_entropy=True,
-                                 entropy_grad=bool(cfg.rl.entropy_coef))  # else a diagnostic only
+                                 entropy_grad=bool(cfg.rl.entropy_coef),  # else a diagnostic only
+                                 only=mb.loss_mask)
     per_token, was_clipped = algo.policy_loss(lp, mb, cfg.rl)
     if mb.is_weights is not None:
         per_token = per_token * mb.is_weights
@@ -320,7 +326,8 @@ def accumulate_gradients(s: Session, mini: Batch, algo, *, kl_coef: float,
 
     Normalisation happens here, once: the mini-batch's sequence and token counts go to
     :func:`rlvr.algorithms.losses.aggregate` for every micro-batch, so the accumulated gradient equals the
-    gradient of the whole mini-batch's loss whatever ``optim.micro_batch_size`` is.
+    gradient of the whole mini-batch's loss whatever ``optim.micro_batch_size`` is, and whether
+    ``optim.length_buckets`` groups rows of similar length into the same micro-batch.
     ``extra_loss(mb, norm)`` adds a scalar loss on the same micro-batch (PPO's shared value head).
     Returns (loss, masked sums of the diagnostics, trained tokens); ``logprob_gap`` sums
     |trainer - engine| logprob over the trained tokens the engine sampled.
@@ -328,7 +335,7 @@ def accumulate_gradients(s: Session, mini: Batch, algo, *, kl_coef: float,
     cfg = s.cfg
     norm = global_norm(s, mini)
     total, sums, tokens = 0.0, {}, 0.0
-    for mb in mini.split(cfg.optim.micro_batch_size):
+    for mb in mini.split(cfg.optim.micro_batch_size, by_length=cfg.optim.length_buckets):
         mb = mb.to(s.device)
         per_token, diag = policy_loss_terms(s, mb, algo, kl_coef=kl_coef)
         loss = aggregate(per_token, mb.loss_mask, cfg.rl.loss_agg, **norm)

@@ -71,13 +71,15 @@ class Critic:
         """Old values (B, T) of the whole batch, micro-batched, padded back to the batch width."""
         was = self.model.training
         self.model.eval()
-        out = []
+        out = torch.zeros(batch.input_ids.shape)
+        size, buckets = self.s.cfg.optim.micro_batch_size, self.s.cfg.optim.length_buckets
+        order = batch.length_order() if buckets else torch.arange(len(batch))
         with self.s.compute():
-            for mb in batch.split(self.s.cfg.optim.micro_batch_size):
-                v = self.model(mb.to(self.s.device)).cpu()
-                out.append(torch.nn.functional.pad(v, (0, batch.input_ids.shape[1] - v.shape[1])))
+            for idx, mb in zip(order.split(size), batch.split(size, by_length=buckets)):
+                v = self.model(mb.to(self.s.device)).float().cpu()
+                out[idx, :v.shape[1]] = v
         self.model.train(was)
-        return torch.cat(out)
+        return out
 
     def shared_loss(self, vstats: dict) -> Callable | None:
         """vf_coef × the value loss of a micro-batch, normalised like the policy loss (shared head);
@@ -109,7 +111,7 @@ class Critic:
                 norm = global_norm(s, mini)
                 self.optimizer.zero_grad(set_to_none=True)
                 total = 0.0
-                for mb in mini.split(s.cfg.optim.micro_batch_size):
+                for mb in mini.split(s.cfg.optim.micro_batch_size, by_length=s.cfg.optim.length_buckets):
                     mb = mb.to(s.device)
                     with s.compute():
                         v = self.model(mb)

@@ -76,7 +76,7 @@ def sequence_logps(model, seqs: Sequence, pad_id: int, device):
     """Sum of ``loss_mask == 1`` token log-probabilities and their count per sequence, ``(N,)``
     each. ``seqs`` holds trajectories or ``(token_ids, loss_mask)`` pairs."""
     batch = collate([_as_trajectory(s) for s in seqs], pad_token_id=pad_id).to(device)
-    lp, _ = token_logprobs(model, batch, 1.0, with_entropy=False)  # (B, T)
+    lp, _ = token_logprobs(model, batch, 1.0, with_entropy=False, only=batch.loss_mask)  # (B, T)
     return (lp * batch.loss_mask).sum(-1), batch.loss_mask.sum(-1)
 
 

@@ -42,28 +42,31 @@ def nll_of(model, trajectories: Sequence[Trajectory], pad_id: int, micro_batch_s
     with torch.no_grad():
         for chunk in oc.micro_chunks(list(range(len(trajectories))), micro_batch_size):
             mb = collate([trajectories[i] for i in chunk], pad_id).to(_device_of(model))
-            s, n = masked_nll_sum(token_logprobs(model, mb, 1.0, with_entropy=False)[0], mb.loss_mask)
+            lp, _ = token_logprobs(model, mb, 1.0, with_entropy=False, only=mb.loss_mask)
+            s, n = masked_nll_sum(lp, mb.loss_mask)
             total, count = total + float(s), count + float(n)
     model.train(was_training)
     return total / max(count, 1.0)
 
 
 def accumulate_gradients(model, batch: Sequence[Trajectory], pad_id: int, micro_batch_size: int,
-                         batch_tokens: float | None = None) -> float:
+                         batch_tokens: float | None = None, by_length: bool = True) -> float:
     """Backward the token-mean NLL of one optimizer batch through micro-batches; returns the loss.
 
     Each micro-batch's summed NLL is divided by the token count of the whole batch — the one
-    normaliser — so the accumulated gradient does not depend on ``micro_batch_size``. Under
-    ``torchrun`` ``batch`` is this rank's share and ``batch_tokens`` the all-reduced count of the
-    whole batch; the returned loss is then this rank's part of it.
+    normaliser — so the accumulated gradient does not depend on ``micro_batch_size``, nor on
+    ``by_length`` (``optim.length_buckets``: micro-batches cut from the rows ordered by length).
+    Under ``torchrun`` ``batch`` is this rank's share and ``batch_tokens`` the all-reduced count
+    of the whole batch; the returned loss is then this rank's part of it.
     """
     dev = _device_of(model)
     if batch_tokens is None:
         batch_tokens = sum(t.num_sampled for t in batch)
     loss_sum = 0.0
-    for chunk in oc.micro_chunks(list(range(len(batch))), micro_batch_size):
-        mb = collate([batch[i] for i in chunk], pad_id).to(dev)
-        s, _ = masked_nll_sum(token_logprobs(model, mb, 1.0, with_entropy=False)[0], mb.loss_mask)
+    for mb in collate(batch, pad_id).split(micro_batch_size, by_length=by_length):
+        mb = mb.to(dev)
+        lp, _ = token_logprobs(model, mb, 1.0, with_entropy=False, only=mb.loss_mask)
+        s, _ = masked_nll_sum(lp, mb.loss_mask)
         (s / batch_tokens).backward()
         loss_sum += float(s.detach())
     return loss_sum / batch_tokens
@@ -94,7 +97,8 @@ def train_on_trajectories(model, tokenizer, trajectories: Sequence[Trajectory], 
         t0 = time.perf_counter()
         batch = [trajectories[i] for i in world.share(idx)]  # this rank's rows
         batch_tokens = int(world.sum_float(sum(t.num_sampled for t in batch)))  # the whole batch's
-        loss = accumulate_gradients(model, batch, pad_id, cfg.optim.micro_batch_size, batch_tokens)
+        loss = accumulate_gradients(model, batch, pad_id, cfg.optim.micro_batch_size, batch_tokens,
+                                    cfg.optim.length_buckets)
         loss = oc.sync_step(world, opt, {"loss": loss})["loss"]
         grad_norm = guard(loss, step)  # None: skipped, the weights untouched
         if grad_norm is None:

@@ -53,6 +53,10 @@ def main(out: str, algorithm: str, *flags: str) -> None:
     cfg.rl.prompts_per_step, cfg.rollout.samples_per_prompt = 4, 2
     cfg.rollout.max_new_tokens, cfg.rollout.max_turns, cfg.rollout.max_total_tokens = 6, 2, 96
     cfg.optim.micro_batch_size, cfg.optim.lr = 3, 1e-2
+    # Row order kept: length buckets over one process's 8 rows and over each rank's 4 cut different
+    # micro-batches, whose float rounding (step 1's gradients agree to 1e-7 either way) Adam turns
+    # into step-2 gradients 8e-6 apart; test_learners checks that buckets keep the gradient.
+    cfg.optim.length_buckets = False
     cfg.rl.kl_coef, cfg.rl.entropy_coef = 0.1, 0.01
     if algorithm == "reinforce_pp":
         cfg.rl.kl_in_reward = True
