@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 LIMIT_FLAGS = ("max_body_bytes", "max_queries", "max_query_chars", "max_query_words", "max_topk",
                "deadline_s", "search_workers")
 

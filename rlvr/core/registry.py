@@ -21,7 +21,6 @@ import threading
 from importlib.metadata import entry_points
 from typing import Any, Callable, Iterator
 
-
 _LOAD_LOCK = threading.RLock()
 
 

@@ -358,11 +358,10 @@ def serve(sock_fd):
     pipe write ends attached (SCM_RIGHTS). The zygote exits when its socket closes (the backend
     closed, or the process holding it died).
     """
-    import signal
-    import socket
-
     import atexit  # noqa: F401  (imported once here rather than in every run)
     import resource  # noqa: F401
+    import signal
+    import socket
     import traceback  # noqa: F401
 
     libc()  # loads ctypes
