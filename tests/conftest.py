@@ -41,6 +41,35 @@ def tiny_learner_config(root, algorithm="grpo", *, prompts=2, steps=2, **rl):
     return cfg.validate()
 
 
+def assert_ranks_match(single, double, ranks=(0, 1), at_least=2):
+    """Every rank's recorded optimizer-step gradients (``OUT/rank{r}.pt``, written by
+    tests/helpers/dist_worker.py) equal the one process's, step by step, and none is zero."""
+    import torch
+
+    one = torch.load(single / "rank0.pt")
+    for rank in ranks:
+        two = torch.load(double / f"rank{rank}.pt")
+        assert len(two["grads"]) == len(one["grads"]) >= at_least
+        for a, b in zip(one["grads"], two["grads"]):
+            assert a.abs().sum() > 0
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def mixed_trajectories(n=8):
+    """Trajectories with prompt, sampled, observation and sampled tokens, of different lengths."""
+    from rlvr.core.types import Trajectory
+
+    out = []
+    for i in range(n):
+        t = Trajectory.from_prompt([5, 6, 7][: 1 + i % 3], group_id=f"g{i // 2}")
+        t.append_sampled([10 + i, 11, 12][: 1 + i % 3], [-1.0] * (1 + i % 3))
+        t.append_observation([20, 21 + i])
+        t.append_sampled([30, 31 + i % 4], [-2.0, -1.5])
+        t.reward = float(i % 2)
+        out.append(t)
+    return out
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

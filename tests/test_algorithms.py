@@ -268,12 +268,12 @@ def test_a_step_where_every_episode_failed_stops_the_run(tmp_path, tiny_tokenize
 
 @pytest.mark.parametrize("algorithm", ["grpo", "gspo", "cispo", "reinforce_pp"])
 def test_one_batch_of_8_equals_4_4_and_3_3_2_micro_batches(tmp_path, tiny_tokenizer, algorithm):
-    from test_learners import _mixed_trajectories
+    from conftest import mixed_trajectories
 
     cfg, _ = resolve_settings(ALGORITHMS.get(algorithm), _cfg(tmp_path, algorithm, kl_coef=0.2,
                                                               entropy_coef=0.01))
     s = common.setup(cfg, _model(tiny_tokenizer), tiny_tokenizer, needs_ref=True)
-    batch = common.prepare_batch(s, _mixed_trajectories(8), torch.linspace(-1, 1, 8))
+    batch = common.prepare_batch(s, mixed_trajectories(8), torch.linspace(-1, 1, 8))
     # near-on-policy π_old (inside GSPO's tiny clip range only for some rows)
     batch.old_logprobs = (common.forward_logprobs(s, batch) + 1e-4 * torch.randn(batch.loss_mask.shape,
                           generator=torch.Generator().manual_seed(0))) * batch.loss_mask

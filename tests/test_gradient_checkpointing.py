@@ -5,31 +5,18 @@ import pytest
 import torch
 
 from rlvr.core.registry import ALGORITHMS
-from rlvr.core.types import Trajectory
 from rlvr.learners import common
 from rlvr.learners import offline_common as oc
 from rlvr.learners.distributed import World
 from rlvr.learners.sft import accumulate_gradients
 
-from conftest import tiny_learner_config
+from conftest import mixed_trajectories, tiny_learner_config
 
 
 def _model(tokenizer):
     from rlvr.core.models import build_tiny_model
 
     return build_tiny_model(tokenizer, hidden_size=32, num_layers=2, seed=0)
-
-
-def _trajectories(n=6):
-    out = []
-    for i in range(n):
-        t = Trajectory.from_prompt([5, 6, 7][: 1 + i % 3], group_id=f"g{i // 2}")
-        t.append_sampled([10 + i, 11, 12][: 1 + i % 3], [-1.0] * (1 + i % 3))
-        t.append_observation([20, 21 + i])
-        t.append_sampled([30, 31 + i % 4], [-2.0, -1.5])
-        t.reward = float(i % 2)
-        out.append(t)
-    return out
 
 
 def _layer_calls(model) -> list:
@@ -47,7 +34,7 @@ def test_on_policy_gradients_are_unchanged(tmp_path, tiny_tokenizer):
         cfg.model.gradient_checkpointing = on
         cfg.optim.micro_batch_size = 3
         s = common.setup(cfg, _model(tiny_tokenizer), tiny_tokenizer, needs_ref=True)
-        batch = common.prepare_batch(s, _trajectories(), torch.linspace(-1, 1, 6))
+        batch = common.prepare_batch(s, mixed_trajectories(6), torch.linspace(-1, 1, 6))
         s.model.train()
         n = _layer_calls(s.model)
         common.accumulate_gradients(s, batch, ALGORITHMS.get("grpo"), kl_coef=0.2)
@@ -66,7 +53,7 @@ def test_sft_gradients_are_unchanged(tmp_path, tiny_tokenizer):
         model = oc.place(World(), _model(tiny_tokenizer), "cpu", cfg)
         model.train()
         n = _layer_calls(model)
-        accumulate_gradients(model, _trajectories(), tiny_tokenizer.pad_token_id, micro_batch_size=4)
+        accumulate_gradients(model, mixed_trajectories(6), tiny_tokenizer.pad_token_id, micro_batch_size=4)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
         calls.append(len(n))
     assert calls == [2, 4]  # two micro-batches of 4 and 2; checkpointed, recomputed in backward

@@ -11,7 +11,7 @@ from rlvr.core.types import Trajectory
 from rlvr.learners import common
 from rlvr.learners.runtime import lr_schedule
 
-from conftest import tiny_learner_config
+from conftest import mixed_trajectories, tiny_learner_config
 
 
 def _cfg(tmp_path, algorithm="grpo", **rl):
@@ -60,19 +60,6 @@ def test_learner_runs_two_steps_and_changes_weights(tmp_path, tiny_tokenizer, fr
     assert (tmp_path / algorithm / "checkpoints" / "step_000002" / "state.pt").exists()
 
 
-def _mixed_trajectories(n=8):
-    """Trajectories with prompt, sampled, observation and sampled tokens, of different lengths."""
-    out = []
-    for i in range(n):
-        t = Trajectory.from_prompt([5, 6, 7][: 1 + i % 3], group_id=f"g{i // 2}")
-        t.append_sampled([10 + i, 11, 12][: 1 + i % 3], [-1.0] * (1 + i % 3))
-        t.append_observation([20, 21 + i])
-        t.append_sampled([30, 31 + i % 4], [-2.0, -1.5])
-        t.reward = float(i % 2)
-        out.append(t)
-    return out
-
-
 def _session(tmp_path, tokenizer, model, **rl):
     cfg = _cfg(tmp_path, "grpo", **rl)
     return common.setup(cfg, model, tokenizer, tasks=None, needs_ref=cfg.rl.kl_coef > 0)
@@ -83,7 +70,7 @@ def test_only_loss_mask_tokens_enter_policy_kl_and_entropy(tmp_path, tiny_tokeni
                                                            monkeypatch, mask_observations):
     s = _session(tmp_path, tiny_tokenizer, fresh_model, kl_coef=0.5, entropy_coef=0.1,
                  mask_observations=mask_observations)
-    trajs = _mixed_trajectories(2)
+    trajs = mixed_trajectories(2)
     batch = common.prepare_batch(s, trajs, torch.tensor([1.0, -1.0]))
     sampled = torch.zeros_like(batch.loss_mask)
     for i, t in enumerate(trajs):
@@ -123,7 +110,7 @@ def test_only_loss_mask_tokens_enter_policy_kl_and_entropy(tmp_path, tiny_tokeni
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
 def test_one_batch_of_8_equals_two_micro_batches_of_4(tmp_path, tiny_tokenizer, fresh_model, agg):
     s = _session(tmp_path, tiny_tokenizer, fresh_model, kl_coef=0.2, entropy_coef=0.01, loss_agg=agg)
-    trajs = _mixed_trajectories(8)
+    trajs = mixed_trajectories(8)
     adv = torch.linspace(-1, 1, 8)
     batch = common.prepare_batch(s, trajs, adv)
     grads = []
@@ -139,7 +126,7 @@ def test_one_batch_of_8_equals_two_micro_batches_of_4(tmp_path, tiny_tokenizer, 
 def test_length_buckets_give_the_same_gradient_with_less_padding(tmp_path, tiny_tokenizer, fresh_model,
                                                                  monkeypatch):
     s = _session(tmp_path, tiny_tokenizer, fresh_model, kl_coef=0.2, entropy_coef=0.01)
-    trajs = _mixed_trajectories(8)  # lengths 6, 8, 10, 6, 8, 10, 6, 8 (62 tokens)
+    trajs = mixed_trajectories(8)  # lengths 6, 8, 10, 6, 8, 10, 6, 8 (62 tokens)
     padding, real = [], common.token_logprobs
 
     def spy(model, b, temperature, **kw):
@@ -184,7 +171,7 @@ def test_lora_reference_is_the_adapter_disabled_base(tmp_path, tiny_tokenizer, f
     cfg.optim.lr = 0.05
     s = common.setup(cfg, fresh_model, tiny_tokenizer, needs_ref=True)
     assert s.ref_model == "adapter-disabled"  # no copy of the model is kept
-    batch = common.prepare_batch(s, _mixed_trajectories(4), torch.tensor([1.0, -1.0, 0.5, -0.5]))
+    batch = common.prepare_batch(s, mixed_trajectories(4), torch.tensor([1.0, -1.0, 0.5, -0.5]))
     m = batch.loss_mask.bool()
     # LoRA's B matrices start at 0: policy and reference agree before training
     torch.testing.assert_close(common.forward_logprobs(s, batch)[m], batch.ref_logprobs[m])
@@ -199,7 +186,7 @@ def test_failed_episode_without_tokens_does_not_break_the_batch(tmp_path, tiny_t
     s = _session(tmp_path, tiny_tokenizer, fresh_model)
     empty = Trajectory.from_prompt([], group_id="g0")  # what rollout records when reset raises
     empty.error = "reset failed: boom"
-    trajs = [empty] + _mixed_trajectories(1)
+    trajs = [empty] + mixed_trajectories(1)
     batch = common.prepare_batch(s, trajs, torch.tensor([1.0, -1.0]))
     assert len(batch) == 2 and batch.loss_mask[0].sum() == 0
     stats = common.update_policy(s, batch, RLOO)

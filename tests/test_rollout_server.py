@@ -1,13 +1,14 @@
 """Rollout servers for real: the HF engine on the tiny model behind HTTP (in a thread, and once as
 ``rlvr rollout-server`` in a subprocess), compared token for token with the in-process engine."""
 
+import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -184,7 +185,9 @@ def test_servers_that_disagree_on_the_digest_are_refused(tmp_path):
             RemoteEngine([ua, ub]).load_weights(str(tmp_path))
 
 
-def test_rollout_server_command_serves_the_in_process_tokens(model_dir, local):
+@contextlib.contextmanager
+def _rollout_server_process(model_dir):
+    """``rlvr rollout-server --engine hf`` in its own process; yields (url, its output lines)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -200,17 +203,43 @@ def test_rollout_server_command_serves_the_in_process_tokens(model_dir, local):
         deadline = time.time() + 120
         while True:
             try:
-                remote = RemoteEngine([url], connect_timeout_s=1)
+                RemoteEngine([url], connect_timeout_s=1)
                 break
             except RemoteEngineError:
                 if proc.poll() is not None or time.time() > deadline:
                     raise AssertionError("rollout-server did not come up:\n" + "".join(lines))
                 time.sleep(0.3)
-        assert remote.generate(PROMPTS, SAMPLED) == local.generate(PROMPTS, SAMPLED)
-        assert any("serving hf rollouts" in line for line in lines)
+        yield url, lines
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_rollout_server_command_serves_the_in_process_tokens(model_dir, local):
+    with _rollout_server_process(model_dir) as (url, lines):
+        assert RemoteEngine([url]).generate(PROMPTS, SAMPLED) == local.generate(PROMPTS, SAMPLED)
+        assert any("serving hf rollouts" in line for line in lines)
+
+
+def test_rlvr_train_through_two_rollout_server_processes(model_dir, tmp_path):
+    """The command line end to end: two ``rlvr rollout-server`` processes generate every step's
+    rollouts for ``rlvr train``; the weight-sync probe agrees with the trainer after every push."""
+    with _rollout_server_process(model_dir) as (a, _), _rollout_server_process(model_dir) as (b, _):
+        out = tmp_path / "run"
+        res = subprocess.run([sys.executable, "-m", "rlvr", "train", "grpo_calculator",
+                              "--model.name_or_path", model_dir, "--output-dir", str(out),
+                              "--run.steps", "2", "--run.progress", "false",
+                              "--rl.prompts_per_step", "2", "--rollout.samples_per_prompt", "4",
+                              "--rollout.servers", f"[{a},{b}]"],
+                             capture_output=True, text=True, timeout=600,
+                             env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+        assert res.returncode == 0, res.stderr[-3000:]
+        health = [RemoteEngine([u]).health() for u in (a, b)]
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(r["sync/probe_gap"] < 1e-4 for r in rows)  # the servers hold the trained weights
+    assert rows[-1]["train/logprob_gap"] < 1e-4
+    assert [h["weights_version"] for h in health] == [3, 3]  # the start and one push per step
 
 
 def test_make_engine_with_servers_is_a_remote_engine(tmp_path):

@@ -63,6 +63,8 @@ def accumulate_gradients(model, batch: Sequence[Trajectory], pad_id: int, micro_
     if batch_tokens is None:
         batch_tokens = sum(t.num_sampled for t in batch)
     loss_sum = 0.0
+    if not batch:  # this rank's share of an epoch's short last batch: nothing to backward
+        return loss_sum
     for mb in collate(batch, pad_id).split(micro_batch_size, by_length=by_length):
         mb = mb.to(dev)
         lp, _ = token_logprobs(model, mb, 1.0, with_entropy=False, only=mb.loss_mask)
