@@ -124,7 +124,7 @@ class BfclMultiTurnEnv(ToolsEnv):
             self.steps_in_turn += 1
             if self.steps_in_turn > self.max_steps_per_turn:
                 self.forced_quit_turn = len(self.turn_calls) - 1
-                return StepResult(done=True, tool_call=result.tool_call)
+                return StepResult(done=True, tool_call=result.tool_call, tool_calls=result.tool_calls)
             return result
         self.turns += 1
         history = list(self.messages)

@@ -303,7 +303,8 @@ class ToolsEnv(Environment):
             # a declared-only tool: the calls are the episode's answer (BFCL single-turn)
             self.calls += len(turn.calls)
             self.messages.append({"role": "assistant", "content": action})
-            return StepResult(done=True, tool_call=_record(turn.calls[0]))
+            records = [_record(c) for c in turn.calls]
+            return StepResult(done=True, tool_call=records[0], tool_calls=records)
         results = []
         for i, call in enumerate(turn.calls):
             text, err = self._run(call, i)
@@ -316,7 +317,7 @@ class ToolsEnv(Environment):
         self.messages += [{"role": "assistant", "content": action}, *results]
         ids = self.renderer.observation_ids(history, action, results)
         return TokenStepResult(observation=self.tokenizer.decode(ids), observation_ids=ids,
-                               tool_call=records[0])
+                               tool_call=records[0], tool_calls=records)
 
     def _run(self, call: ParsedCall, index: int) -> tuple[str, str | None]:
         if call.error is not None:

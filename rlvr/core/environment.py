@@ -37,7 +37,7 @@ import collections.abc
 import functools
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
 from rlvr.core.scoring import combine
@@ -52,6 +52,8 @@ class StepResult:
     done: bool = False  # the episode ends after this step
     reward: float | None = None  # final reward, if the environment decides it itself
     tool_call: ToolCall | None = None  # the tool call this action made, for metrics
+    tool_calls: list[ToolCall] = field(default_factory=list)  # every call, in order, when the
+    # action made several (parallel tool calls; ``tool_call`` is then the first)
 
 
 class Environment:

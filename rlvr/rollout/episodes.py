@@ -247,8 +247,7 @@ def _apply(ep: _Episode, res: StepResult | Exception, tokenizer, cfg) -> None:
         traj.turns.append(Turn(ep.turn_start, action_end, action_end, ep.turn_reason))
         _fail(ep, f"step failed: {type(res).__name__}: {res}")
         return
-    if res.tool_call is not None:
-        traj.tool_calls.append(res.tool_call)
+    traj.tool_calls += res.tool_calls or ([res.tool_call] if res.tool_call is not None else [])
     if res.reward is not None:
         ep.step_reward = float(res.reward)
     if res.done:
