@@ -167,9 +167,10 @@ def run(args) -> int:
         overrides += ["--rl.mask_observations", "false"]
     cfg = load_config(path, overrides)
     if args.plan:
-        from rlvr.learners.plan import format_plan, world_size_from_env
+        from rlvr.learners.distributed import launched_world_size
+        from rlvr.learners.plan import format_plan
 
-        text, fits = format_plan(cfg, args.world_size or world_size_from_env(), args.gpu_memory_gb)
+        text, fits = format_plan(cfg, args.world_size or launched_world_size(), args.gpu_memory_gb)
         print(text)
         return 0 if fits else 1
     _resolve_data_paths(cfg, path)

@@ -159,10 +159,15 @@ class World:
             dist.barrier()
 
 
+def launched_world_size() -> int:
+    """The number of training ranks ``torchrun`` started (``WORLD_SIZE``; 1 without it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_world(device: str) -> tuple[World, str]:
     """Join the process group ``torchrun`` describes (``WORLD_SIZE`` > 1) and return the world and
     this rank's device (``cuda:LOCAL_RANK`` on GPUs)."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = launched_world_size()
     if size <= 1:
         return World(), device
     if not dist.is_initialized():

@@ -164,7 +164,6 @@ def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     """DPO / cDPO / IPO / SimPO on preference pairs (``pref.loss``)."""
 
     check_pref_config(cfg.pref)
-    oc.refuse_lora(cfg, "dpo")
     world, device, out = oc.start(cfg, "dpo")
     if model is None or tokenizer is None:
         model, tokenizer = load_policy(cfg.model, device)

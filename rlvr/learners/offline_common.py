@@ -37,8 +37,10 @@ log = logging.getLogger(__name__)
 def start(cfg, learner: str) -> tuple[World, str, Path]:
     """Seed, join the ``torchrun`` world (rank 0 of 1 without it) and prepare the run directory
     (rank 0 writes it). Returns the world, this rank's device and the run directory. A
-    ``pref.batch_size`` the ranks cannot share equally is refused, naming the key."""
-
+    ``pref.batch_size`` the ranks cannot share equally, and LoRA, are refused, naming the key."""
+    if cfg.model.lora_rank:
+        raise ValueError(f"model.lora_rank > 0 is not supported by the {learner} learner; use full "
+                         f"fine-tuning")
     seed_everything(cfg.run.seed)
     world, device = init_world(pick_device(cfg.run.device))
     if world.active and cfg.run.parallel != "replicate":
@@ -162,12 +164,6 @@ def split_holdout(items: list, fraction: float, seed: int) -> tuple[list, list]:
     k = min(len(items) - 1, max(1, round(len(items) * fraction)))
     held = set(order[:k])
     return ([x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held])
-
-
-def refuse_lora(cfg, learner: str) -> None:
-    if cfg.model.lora_rank:
-        raise ValueError(f"model.lora_rank > 0 is not supported by the {learner} learner; use full "
-                         f"fine-tuning")
 
 
 def train_and_held_out(load: Callable, cfg, tokenizer) -> tuple[list, list]:

@@ -26,7 +26,6 @@ CUDA context (~0.5 GiB) and temporary buffers come on top.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,6 +159,3 @@ def format_plan(cfg: TrainConfig, world_size: int, gpu_memory_gb: float) -> tupl
                f"(needs about {need / GIB:.1f} GiB; an estimate, see rlvr/learners/plan.py)")
     return "\n".join(out), fits
 
-
-def world_size_from_env() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))

@@ -90,7 +90,6 @@ def train_reward_model(model, tokenizer, pairs: Sequence[PrefExample], cfg, logg
 def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     """Bradley–Terry reward model on preference pairs; reports pairwise accuracy."""
 
-    oc.refuse_lora(cfg, "rm")
     world, device, out = oc.start(cfg, "rm")
     if model is None or tokenizer is None:
         model, tokenizer = build_reward_model(cfg.model, device)

@@ -118,7 +118,6 @@ def train_on_trajectories(model, tokenizer, trajectories: Sequence[Trajectory], 
 def run(cfg, *, model=None, tokenizer=None, logger=None) -> dict[str, Any]:
     """Supervised fine-tuning on completion tokens (prompt/completion, messages or token rows)."""
 
-    oc.refuse_lora(cfg, "sft")
     world, device, out = oc.start(cfg, "sft")
     if model is None or tokenizer is None:
         model, tokenizer = load_policy(cfg.model, device)

@@ -86,7 +86,7 @@ def add_model_rewards(trajectories: list[Trajectory], prompts: list[str], comple
     ``prompts[i]`` is the rendered prompt text of ``trajectories[i]`` (chat template applied) and
     ``completions[i]`` the text after it; the reward model reads ``prompt + completion``.
     """
-    models = reward_spec(cfg, check=False).models
+    models = parse_reward_spec(cfg).models
     if not models:
         return
     if not len(trajectories) == len(prompts) == len(completions):
