@@ -3,13 +3,19 @@ the model was fed (prefill vs decode), optionally against an older checkout of r
 
     python bench/bench_rollout.py [--prompts 16] [--samples 8] [--runs 5] [--before DIR] [--device cpu]
 
-One run = one ``rlvr.rollout.episodes.collect`` on a seeded random tiny Llama (``--hidden``, ``--layers``):
-``single`` generates ``--max-new-tokens`` per episode in one turn (no stop string); ``multi``
-ends each turn at the stop string ``e`` (frequent in random text) and appends an 8-token
-observation, for ``--turns`` turns. ``--before DIR`` (a ``git worktree`` of an older commit)
-runs the same job with that tree's ``rlvr`` first on ``PYTHONPATH``, alternating before/after
-runs in fresh processes so both see the same machine load; the table gives medians. The 1-minute
-load average is recorded before and after (the machine may be shared). Prints one JSON object.
+One run = one ``rlvr.rollout.episodes.collect`` per kind on a seeded random tiny Llama
+(``--hidden``, ``--layers``):
+
+- ``single``: ``--max-new-tokens`` per episode in one turn (no stop string);
+- ``multi``: the same sampled tokens in ``--turns`` turns of ``max-new-tokens / turns`` tokens,
+  an 8-token observation appended after each: what multi-turn costs at equal sampled tokens;
+- ``multi_stop``: turns end at the stop string ``e`` (frequent in random text, so turns are short
+  and ragged) within ``--turn-tokens``, for ``--turns`` turns.
+
+``--before DIR`` (a ``git worktree`` of an older commit) runs the same job with that tree's
+``rlvr`` first on ``PYTHONPATH``, alternating before/after runs in fresh processes so both see the
+same machine load; the table gives medians. The 1-minute load average is recorded before and after
+(the machine may be shared). Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -45,25 +51,28 @@ def one_run(args) -> dict:
             return Score(reward=0.0)
 
     class Multi(Single):
-        stop_strings = ["e"]
-
         def step(self, action):
             return StepResult(observation=" <obs> ok ok ok </obs>", done=False)
 
+    class MultiStop(Multi):
+        stop_strings = ["e"]
+
     fed = {"prefill": 0, "decode": 0, "calls": 0}
 
-    def hook(m, a, kw):
-        ids = kw["input_ids"] if "input_ids" in kw else a[0]
+    def hook(m, a):  # on the embedding: prefills and the engine's own decode steps both pass it
+        ids = a[0]
         fed["calls"] += 1
         fed["prefill" if ids.shape[1] > 1 else "decode"] += int(ids.numel())
 
-    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    handle = model.get_input_embeddings().register_forward_pre_hook(hook)
     tasks = [Task(f"Question {i}: what is {i} plus {i * 7 % 13}? Think step by step.", "x", id=f"t{i}")
              for i in range(args.prompts)]
     out = {}
-    for name, env, turns in (("single", Single, 1), ("multi", Multi, args.turns)):
-        cfg = RolloutConfig(samples_per_prompt=args.samples, max_turns=turns,
-                            max_new_tokens=args.max_new_tokens if name == "single" else args.turn_tokens,
+    kinds = (("single", Single, 1, args.max_new_tokens),
+             ("multi", Multi, args.turns, args.max_new_tokens // args.turns),
+             ("multi_stop", MultiStop, args.turns, args.turn_tokens))
+    for name, env, turns, per_turn in kinds:
+        cfg = RolloutConfig(samples_per_prompt=args.samples, max_turns=turns, max_new_tokens=per_turn,
                             max_total_tokens=4096, temperature=1.0)
         engine = HFEngine(model, tok, device=args.device)
         for k in fed:
@@ -76,7 +85,33 @@ def one_run(args) -> dict:
                      "turns": sum(len(t.turns) for t in trajs), "prefill_tokens": fed["prefill"],
                      "decode_tokens": fed["decode"], "forward_calls": fed["calls"]}
     handle.remove()
+    out["hf_generate"] = raw_generate(model, tok, tasks, args)
     return out
+
+
+def raw_generate(model, tok, tasks, args) -> dict:
+    """transformers' ``model.generate`` on the same prompts (left padded, ``num_return_sequences``
+    = samples, sampling at temperature 1 over the whole vocabulary): the single-turn baseline."""
+    import torch
+
+    enc = [tok.apply_chat_template([{"role": "user", "content": t.prompt}], add_generation_prompt=True,
+                                   tokenize=True, return_dict=False) for t in tasks]
+    L = max(len(e) for e in enc)
+    ids = torch.tensor([[tok.pad_token_id] * (L - len(e)) + list(e) for e in enc], device=args.device)
+    attn = (torch.arange(L, device=args.device)[None] >= torch.tensor([L - len(e) for e in enc],
+                                                                    device=args.device)[:, None]).long()
+    torch.manual_seed(1)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        gen = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=1.0,
+                             top_k=0, top_p=1.0, max_new_tokens=args.max_new_tokens,
+                             num_return_sequences=args.samples, pad_token_id=tok.pad_token_id)
+    dt = time.perf_counter() - t0
+    new = gen[:, L:]
+    eos = (new == tok.eos_token_id).int()
+    # tokens up to and including the first EOS of each row (generate pads after it)
+    sampled = int(((eos.cumsum(-1) - eos) == 0).sum())
+    return {"seconds": dt, "sampled_tokens": sampled, "tokens_per_s": sampled / dt}
 
 
 def spawn(tree: str | None, args) -> dict:
@@ -92,7 +127,7 @@ def spawn(tree: str | None, args) -> dict:
 
 def median_table(runs: list[dict]) -> dict:
     return {kind: {k: statistics.median(r[kind][k] for r in runs) for k in runs[0][kind]}
-            for kind in runs[0]}
+            for kind in runs[0] if all(kind in r for r in runs)}
 
 
 def main(argv=None) -> int:
@@ -101,7 +136,7 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64, help="single-turn tokens per episode")
     ap.add_argument("--turns", type=int, default=4)
-    ap.add_argument("--turn-tokens", type=int, default=32, help="multi-turn budget per turn")
+    ap.add_argument("--turn-tokens", type=int, default=32, help="multi_stop's budget per turn")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
@@ -121,6 +156,10 @@ def main(argv=None) -> int:
         after.append(spawn(None, args))
     result = {"settings": {k: v for k, v in vars(args).items() if k != "worker"},
               "loadavg_1min": [load0, os.getloadavg()[0]], "after": median_table(after)}
+    tps = {k: v["tokens_per_s"] for k, v in result["after"].items()}
+    result["ratios_tokens_per_s"] = {"multi / single": tps["multi"] / tps["single"],
+                                     "multi_stop / single": tps["multi_stop"] / tps["single"],
+                                     "single / hf_generate": tps["single"] / tps["hf_generate"]}
     if before:
         result["before"] = median_table(before)
         result["speedup_tokens_per_s"] = {

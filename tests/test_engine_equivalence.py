@@ -196,10 +196,10 @@ class Stateless:
 
 
 def count_fed_tokens(model):
+    """Token ids fed to the model, prefill and decode steps alike (both embed their input)."""
     seen = []
-    handle = model.register_forward_pre_hook(
-        lambda m, args, kwargs: seen.append(int((kwargs.get("input_ids") if "input_ids" in kwargs
-                                                 else args[0]).numel())), with_kwargs=True)
+    handle = model.get_input_embeddings().register_forward_pre_hook(
+        lambda m, args: seen.append(int(args[0].numel())))
     return seen, handle
 
 

@@ -8,7 +8,7 @@ Stop strings are matched on the decoded tail of each sequence, so a string that 
 tokens stops generation right after the token that completes it; the stop string stays in the
 output. On CPU the engine shares the training model object, so no weight sync is needed.
 
-What makes it fast without changing a single sampled token (issue 15):
+What makes it fast without changing a single sampled token:
 
 - the whole batch generates at once (``max_batch_size`` only bounds memory);
 - sampling is inverse-CDF with one seeded uniform per row and step (an fp64 cumulative sum and a
@@ -16,6 +16,10 @@ What makes it fast without changing a single sampled token (issue 15):
   uniforms are drawn for the whole call up front, so a row's draws do not depend on how the batch
   is chunked, deduplicated or resumed from a cache;
 - the prefill keeps logits of the last position only (``logits_to_keep``, as HF ``generate``);
+- decode steps of Llama-family models run the model's modules directly on key/value buffers
+  written in place (:mod:`rlvr.engines.fast_decode`), not through ``model(...)`` and its
+  per-call mask building and cache concatenation (``fast_decode=False`` turns it off); there,
+  once half the rows being fed have finished, the finished ones leave the batch;
 - the text tail is decoded only after a token that can complete a stop string;
 - identical prompts (the G samples of a group) are prefilled once and their cache rows shared;
 - :meth:`HFEngine.session` keeps each episode's KV cache between turns, so an observation costs
@@ -34,17 +38,21 @@ from typing import Hashable
 import torch
 
 from rlvr.engines.base import Completion, SamplingParams
+from rlvr.engines.fast_decode import FastDecoder
 from rlvr.engines.kv_cache import KVStore, gather_rows, new_cache, store_of
 
 
 class HFEngine:
     def __init__(self, model, tokenizer, device: str | None = None,
-                 max_batch_size: int | None = None) -> None:
+                 max_batch_size: int | None = None, fast_decode: bool = True) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device or next(model.parameters()).device
         # None / 0: the whole batch at once; otherwise at most this many rows per forward pass
         self.max_batch_size = max_batch_size or None
+        # decode steps through FastDecoder where the model type allows (False: always model(...))
+        self.fast_decode = fast_decode
+        self._decoder_of: tuple[object, FastDecoder | None] | None = None
         eos = tokenizer.eos_token_id
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         ids = {eos} | (set(gen_eos) if isinstance(gen_eos, list) else {gen_eos})
@@ -117,19 +125,27 @@ class HFEngine:
         matcher = _StopMatcher(self.tokenizer, params.stop)
         table = self._stop_table(matcher.stops, logits.shape[-1], dev) if matcher.active else None
         prefill_len = attn.shape[1]
+        store = store_of(cache)
+        fast = self._fast_decoder() if store is not None else None
+        if fast is not None:
+            fast.start(store, N - 1)
+            cache = store = None  # the decoder's buffers hold it all now
+        act, act_l = torch.arange(b, device=dev), list(range(b))  # the rows still being fed
+        dropped: list[tuple] = []  # (store, attention mask, rows) of rows dropped from the batch
         live = b
         for t in range(N):
-            u = None if uniforms is None else uniforms[:, t]
+            u = None if uniforms is None else uniforms[act, t]
             nxt, lp = _sample(logits, params.temperature, params.top_p, u)
-            toks[:, t], lps[:, t] = nxt, lp
-            hit_eos = torch.isin(nxt, eos) & ~done
-            flags = hit_eos[None] if table is None else torch.stack([hit_eos, table[nxt] & ~done & ~hit_eos])
+            toks[act, t], lps[act, t] = nxt, lp
+            ended = done[act]
+            hit_eos = torch.isin(nxt, eos) & ~ended
+            flags = hit_eos[None] if table is None else torch.stack([hit_eos, table[nxt] & ~ended & ~hit_eos])
             flags = flags.cpu()  # the one host sync per step
-            finished = flags[0].nonzero().flatten().tolist()
+            finished = [act_l[j] for j in flags[0].nonzero().flatten().tolist()]
             for i in finished:
                 reason[i], n_gen[i] = "eos", t + 1
             if table is not None and bool(flags[1].any()):
-                check = flags[1].nonzero().flatten().tolist()
+                check = [act_l[j] for j in flags[1].nonzero().flatten().tolist()]
                 lo = max(0, t + 1 - matcher.window)
                 tails = toks[check, lo:t + 1].tolist()
                 for i, tail in zip(check, tails):
@@ -141,13 +157,31 @@ class HFEngine:
                 live -= len(finished)
             if live == 0 or t == N - 1:
                 break
-            attn = torch.cat([attn, attn.new_ones((b, 1))], dim=1)
-            logits = self._forward(nxt[:, None], attn, pos[:, None], cache)
+            if fast is not None and live <= len(act_l) // 2:  # stop feeding the finished half
+                ended = done[act]
+                gone, keep = ended.nonzero().flatten(), (~ended).nonzero().flatten()
+                dropped.append((fast.take(gone), attn[gone], [act_l[j] for j in gone.tolist()]))
+                fast.select(keep)
+                act, attn, pos, nxt = act[keep], attn[keep], pos[keep], nxt[keep]
+                act_l = act.tolist()
+            attn = torch.cat([attn, attn.new_ones((len(act_l), 1))], dim=1)
+            if fast is not None:
+                logits = fast.step(nxt, attn, pos)
+            else:
+                logits = self._forward(nxt[:, None], attn, pos[:, None], cache)
             pos = pos + 1
         toks_l, lps_l = toks.tolist(), lps.tolist()
         outs = [Completion(toks_l[i][:n_gen[i]], lps_l[i][:n_gen[i]], reason[i] or "length", stop_str[i])
                 for i in range(b)]
-        return outs, self._rows_after(cache, attn, prefill_len, prompts, outs)
+        dropped.append((fast.store() if fast is not None else store_of(cache), attn, act_l))
+        return outs, self._rows_after(dropped, prefill_len, prompts, outs)
+
+    def _fast_decoder(self) -> FastDecoder | None:
+        """The model's :class:`FastDecoder`, or None where it does not apply (or is turned off)."""
+        if self._decoder_of is None or self._decoder_of[0] is not self.model:
+            use = self.fast_decode and FastDecoder.supports(self.model)
+            self._decoder_of = (self.model, FastDecoder(self.model) if use else None)
+        return self._decoder_of[1]
 
     # -- prefill ------------------------------------------------------------------------------
 
@@ -191,18 +225,23 @@ class HFEngine:
             self._kwargs_of = (self.model, forward_kwargs(self.model))
         return self._kwargs_of[1]
 
-    def _rows_after(self, cache, attn, prefill_len, prompts, outs) -> list["_Row | None"]:
+    def _rows_after(self, parts, prefill_len, prompts, outs) -> list["_Row | None"]:
         """What each row leaves in the cache: the prompt and every sampled token but the last (it
-        was never fed). Slots fed after a row finished hold other tokens and are not its own."""
-        store = store_of(cache)
-        if store is None:
-            return [None] * len(prompts)
-        valid = attn.bool().clone()
-        fed = torch.tensor([len(o.token_ids) - 1 for o in outs], device=valid.device)
-        step = torch.arange(valid.shape[1] - prefill_len, device=valid.device)
-        valid[:, prefill_len:] &= step[None, :] < fed[:, None]
-        kv = KVStore(store, valid)
-        return [_Row(kv, i, list(p) + o.token_ids[:-1]) for i, (p, o) in enumerate(zip(prompts, outs))]
+        was never fed). ``parts``: (per-layer keys and values or None where not kept, attention
+        mask, the rows they hold), one for the rows decoded to the end and one per drop of
+        finished rows. Slots fed after a row finished hold other tokens and are not its own."""
+        rows: list[_Row | None] = [None] * len(prompts)
+        for store, attn, which in parts:
+            if store is None or not which:
+                continue
+            valid = attn.bool().clone()
+            fed = torch.tensor([len(outs[i].token_ids) - 1 for i in which], device=valid.device)
+            step = torch.arange(valid.shape[1] - prefill_len, device=valid.device)
+            valid[:, prefill_len:] &= step[None, :] < fed[:, None]
+            kv = KVStore(store, valid)
+            for j, i in enumerate(which):
+                rows[i] = _Row(kv, j, list(prompts[i]) + outs[i].token_ids[:-1])
+        return rows
 
     def _stop_table(self, stops: list[str], vocab: int, dev) -> torch.Tensor:
         """(V,) bool: token ids after which a stop string can newly appear in the decoded text —

@@ -79,7 +79,11 @@ def gather_rows(model, stores: list[KVStore | None], index: list[int], keep: lis
         sel = valid & (valid.cumsum(-1) <= k[:, None])  # the first k own slots of each row
         slot = torch.arange(valid.shape[1], device=dev).expand_as(valid)
         # own slots sorted to the right end, in token order; -1 marks padding on the left
-        slots = torch.where(sel, slot, torch.full_like(slot, -1)).sort(-1).values[:, -Lc:]
+        slots = torch.where(sel, slot, torch.full_like(slot, -1)).sort(-1).values
+        # (n, Lc): a store shorter than the longest kept row (another chunk's, or rows dropped
+        # from a batch early) is padded on the left
+        slots = (torch.nn.functional.pad(slots, (Lc - slots.shape[1], 0), value=-1)
+                 if slots.shape[1] < Lc else slots[:, -Lc:])
         tgt = torch.tensor(targets, device=dev)
         past[tgt] = slots >= 0
         P = slots.clamp(min=0)  # (n, Lc)

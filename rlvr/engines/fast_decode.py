@@ -1,0 +1,145 @@
+"""The HF engine's decode step for Llama-family models, without transformers' per-call machinery.
+
+A decode step feeds one token per row. Through ``model(...)`` it also builds a 4-D mask, resolves
+the attention function, runs the output-recording decorators and appends every layer's new key
+and value to the cache with a ``torch.cat`` (a copy of the whole cache, per layer, per token). On a
+small model those cost more than the matrix products. :class:`FastDecoder` runs the same modules
+(the embedding, each layer's norms, projections and MLP, the rotary embedding, the head) in the
+same order with the same operations, on key/value buffers grown in blocks and written in place.
+The logits equal the model's up to float rounding (the test compares the two paths).
+
+It applies to the model types whose layers are exactly Llama's (``llama``, ``qwen2``, ``mistral``,
+and ``qwen3`` with its per-head q/k norms), full attention on every layer, the ``sdpa`` or
+``eager`` attention implementation; anything else (sliding windows, other architectures, FSDP)
+decodes through ``model(...)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+BLOCK = 64  # key/value slots added at a time when a row's buffer is full
+
+
+def _linear(module):
+    """``module`` as a function: a plain ``nn.Linear`` through ``F.linear`` (no module call),
+    anything else (a LoRA layer) called as it is."""
+    if type(module) is torch.nn.Linear:
+        w, b = module.weight, module.bias
+        return lambda x: F.linear(x, w, b)
+    return module
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class FastDecoder:
+    """One-token decode steps over a prefilled cache; see the module docstring.
+
+    ``start(store, length)`` takes the prefill's per-layer (keys, values), each (b, H_kv, L, D);
+    ``step(ids, attn, pos)`` feeds ``ids`` (b,) at positions ``pos`` (b,) with the (b, L + t + 1)
+    attention mask of every slot so far, and returns the next-token logits (b, V) in fp32;
+    ``store()`` gives the per-layer (keys, values) of every fed slot, for the engine's kept caches;
+    ``take(rows)`` and ``select(rows)`` let the engine drop finished rows from the batch.
+    """
+
+    def __init__(self, model) -> None:
+        self.decoder = model.get_decoder()
+        self.head = model.get_output_embeddings()
+        cfg = model.config
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.groups = cfg.num_attention_heads // cfg.num_key_value_heads
+        self.layers = []
+        for layer in self.decoder.layers:
+            a = layer.self_attn
+            self.layers.append((layer.input_layernorm, _linear(a.q_proj), _linear(a.k_proj),
+                                _linear(a.v_proj), getattr(a, "q_norm", None), getattr(a, "k_norm", None),
+                                _linear(a.o_proj), layer.post_attention_layernorm, layer.mlp, a.scaling))
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.length = 0
+
+    @staticmethod
+    def supports(model) -> bool:
+        cfg = getattr(model, "config", None)
+        if getattr(cfg, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+            return False
+        if getattr(cfg, "_attn_implementation", "sdpa") not in ("sdpa", "eager", None):
+            return False
+        if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+            return False
+        if getattr(cfg, "use_sliding_window", False) or (
+                cfg.model_type == "mistral" and getattr(cfg, "sliding_window", None)):
+            return False
+        try:
+            from torch.distributed.fsdp import FSDPModule
+
+            if any(isinstance(m, FSDPModule) for m in model.modules()):
+                return False
+        except ImportError:
+            pass
+        try:
+            decoder, head = model.get_decoder(), model.get_output_embeddings()
+        except (AttributeError, NotImplementedError):
+            return False
+        return (decoder is not None and head is not None and decoder is not model
+                and all(hasattr(layer, "self_attn") and hasattr(layer, "mlp")
+                        for layer in getattr(decoder, "layers", [None])))
+
+    def start(self, store: list[tuple[torch.Tensor, torch.Tensor]], extra: int) -> None:
+        """Copy the prefill's keys and values into buffers with room for ``extra`` more slots
+        (they grow in blocks past that)."""
+        self.length = store[0][0].shape[2]
+        room = self.length + min(extra, BLOCK)
+        self.kv = []
+        for k, v in store:
+            kb = k.new_empty((k.shape[0], k.shape[1], room, k.shape[3]))
+            vb = v.new_empty((v.shape[0], v.shape[1], room, v.shape[3]))
+            kb[:, :, :self.length] = k
+            vb[:, :, :self.length] = v
+            self.kv.append((kb, vb))
+
+    def store(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(k[:, :, :self.length], v[:, :, :self.length]) for k, v in self.kv]
+
+    def take(self, rows: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """A copy of ``rows``' keys and values (the rows the engine stops feeding)."""
+        return [(k[rows, :, :self.length], v[rows, :, :self.length]) for k, v in self.kv]
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (in this order) in the buffers."""
+        self.kv = [(k[rows], v[rows]) for k, v in self.kv]
+
+    def step(self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        b, D, slot = ids.shape[0], self.head_dim, self.length
+        if slot == self.kv[0][0].shape[2]:
+            self.kv = [(torch.cat([k, k.new_empty(k.shape[:2] + (BLOCK,) + k.shape[3:])], 2),
+                        torch.cat([v, v.new_empty(v.shape[:2] + (BLOCK,) + v.shape[3:])], 2))
+                       for k, v in self.kv]
+        n = slot + 1
+        mask = attn[:, None, None, :n].bool()  # (b, 1, 1, n): the slots each row attends to
+        x = self.decoder.embed_tokens(ids[:, None])  # (b, 1, H)
+        cos, sin = self.decoder.rotary_emb(x, position_ids=pos[:, None])  # (b, 1, D) each
+        cos, sin = cos[:, None], sin[:, None]  # (b, 1, 1, D)
+        for (norm1, q_proj, k_proj, v_proj, q_norm, k_norm, o_proj, norm2, mlp, scale), (kb, vb) in zip(
+                self.layers, self.kv):
+            h = norm1(x)
+            q, k, v = q_proj(h).view(b, 1, -1, D), k_proj(h).view(b, 1, -1, D), v_proj(h).view(b, 1, -1, D)
+            if q_norm is not None:
+                q, k = q_norm(q), k_norm(k)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (b, heads, 1, D)
+            q = (q * cos) + (_rotate_half(q) * sin)
+            k = (k * cos) + (_rotate_half(k) * sin)
+            kb[:, :, slot] = k[:, :, 0]
+            vb[:, :, slot] = v[:, :, 0]
+            if self.groups > 1:  # the query heads of one key/value head side by side, as one query
+                q = q.reshape(b, q.shape[1] // self.groups, self.groups, D)
+            o = F.scaled_dot_product_attention(q, kb[:, :, :n], vb[:, :, :n], attn_mask=mask, scale=scale)
+            o = o.reshape(b, -1, 1, D).transpose(1, 2).reshape(b, 1, -1)
+            x = x + o_proj(o)
+            x = x + mlp(norm2(x))
+        self.length = n
+        return self.head(self.decoder.norm(x)[:, 0]).float()  # (b, V)

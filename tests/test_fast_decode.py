@@ -1,0 +1,131 @@
+"""The HF engine's own decode step (FastDecoder) samples what decoding through ``model(...)`` does.
+
+Same seed, same prompts: the same tokens, the same logprobs (to float rounding), the same finish
+reasons and the same kept caches across turns, for every model type it takes (Llama with grouped
+key/value heads, Qwen2 with projection biases, Qwen3 with per-head q/k norms), with finished rows
+dropped from the batch on the way; other models decode through ``model(...)`` as before.
+"""
+
+import pytest
+import torch
+
+from rlvr.core.config import RolloutConfig
+from rlvr.core.types import Task
+from rlvr.engines.base import SamplingParams
+from rlvr.engines.fast_decode import BLOCK, FastDecoder
+from rlvr.engines.hf import HFEngine
+from rlvr.rollout.episodes import collect
+from tests.test_engine_equivalence import EchoEnv
+
+
+def tiny(kind, tok):
+    import transformers
+
+    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    config = {"qwen2": lambda: transformers.Qwen2Config(**common),
+              "qwen3": lambda: transformers.Qwen3Config(head_dim=16, **common),
+              "mistral_window": lambda: transformers.MistralConfig(sliding_window=8, **common),
+              "gpt2": lambda: transformers.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2,
+                                                      n_head=2, eos_token_id=tok.eos_token_id)}[kind]()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return transformers.AutoModelForCausalLM.from_config(config)
+
+
+@pytest.fixture(params=["llama", "qwen2", "qwen3"])
+def model(request, tiny_model, tiny_tokenizer):
+    return tiny_model if request.param == "llama" else tiny(request.param, tiny_tokenizer)
+
+
+def generate_both(model, tok, prompts, params):
+    slow = HFEngine(model, tok, fast_decode=False)
+    fast = HFEngine(model, tok)
+    assert fast._fast_decoder() is not None and slow._fast_decoder() is None
+    return slow.generate(prompts, params), fast.generate(prompts, params)
+
+
+def assert_same(a, b, atol=1e-5):
+    for x, y in zip(a, b, strict=True):
+        assert x.token_ids == y.token_ids
+        assert (x.finish_reason, x.stop_string) == (y.finish_reason, y.stop_string)
+        assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=atol)
+
+
+@pytest.fixture
+def drops(monkeypatch):
+    """How many times the engine dropped finished rows from a batch."""
+    seen = []
+    select = FastDecoder.select
+    monkeypatch.setattr(FastDecoder, "select", lambda self, rows: (seen.append(len(rows)),
+                                                                   select(self, rows))[1])
+    return seen
+
+
+def test_fast_decode_samples_what_the_model_call_samples(model, tiny_tokenizer, drops):
+    tok = tiny_tokenizer
+    # left padding (prompts of 1..9 tokens), shared prefills (repeated prompts), stop strings, EOS
+    prompts = [tok.encode(t) for t in ("What is 2+3?", "x", "What is 2+3?", "Name a colour: red, blue")]
+    params = SamplingParams(max_new_tokens=30, temperature=1.0, seed=5, stop=["e", "</a>"])
+    a, b = generate_both(model, tok, prompts, params)
+    assert_same(a, b)
+    assert {o.finish_reason for o in a} >= {"stop"}
+    assert drops  # rows that finished early left the batch
+
+
+def test_fast_decode_grows_its_buffers_past_a_block(tiny_model, tiny_tokenizer):
+    params = SamplingParams(max_new_tokens=2 * BLOCK + 7, temperature=0.8, seed=1)
+    prompts = [tiny_tokenizer.encode("a b c"), tiny_tokenizer.encode("d")]
+    a, b = generate_both(tiny_model, tiny_tokenizer, prompts, params)
+    assert_same(a, b)
+    assert max(len(o.token_ids) for o in b) > BLOCK + 1
+    greedy = SamplingParams(max_new_tokens=BLOCK + 3, temperature=0.0)
+    assert_same(*generate_both(tiny_model, tiny_tokenizer, prompts, greedy))
+
+
+def test_fast_decode_keeps_the_same_caches_across_turns(model, tiny_tokenizer, drops):
+    cfg = RolloutConfig(max_turns=5, max_new_tokens=16, max_total_tokens=96, temperature=1.0)
+    tasks = [Task("What is 2+3?", "5", id="a"), Task("Where was the author born?", "x", id="b")]
+    runs = [collect(HFEngine(model, tiny_tokenizer, fast_decode=fast), tiny_tokenizer, EchoEnv, tasks,
+                    samples_per_prompt=4, cfg=cfg, seed=2) for fast in (False, True)]
+    assert sum(len(t.turns) for t in runs[0]) > len(runs[0]) + 2  # several turns really ran
+    assert drops  # and the next turn reused caches of rows dropped from their batch
+    for x, y in zip(*runs, strict=True):
+        assert x.token_ids == y.token_ids and x.loss_mask == y.loss_mask and x.turns == y.turns
+        assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["mistral_window", "gpt2"])
+def test_other_models_decode_through_the_model_call(kind, tiny_tokenizer):
+    m = tiny(kind, tiny_tokenizer)
+    assert not FastDecoder.supports(m)
+    engine = HFEngine(m, tiny_tokenizer)
+    out = engine.generate([tiny_tokenizer.encode("a b")], SamplingParams(max_new_tokens=5, seed=0))
+    assert engine._fast_decoder() is None and 1 <= len(out[0].token_ids) <= 5
+
+
+def test_lora_layers_decode_through_their_own_forward(tiny_tokenizer):
+    peft = pytest.importorskip("peft")
+    from rlvr.core.models import build_tiny_model
+
+    base = build_tiny_model(tiny_tokenizer, hidden_size=64, num_layers=2, seed=3)
+    m = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                  init_lora_weights=False))
+    assert FastDecoder.supports(m)
+    prompts = [tiny_tokenizer.encode("What is 2+3?")] * 2
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=9)
+    assert_same(*generate_both(m, tiny_tokenizer, prompts, params))
+
+
+def test_turns_over_chunked_batches_equal_the_whole_batch(tiny_model, tiny_tokenizer):
+    # each chunk keeps its own cache, of its own length; the next turn gathers rows of several
+    cfg = RolloutConfig(max_turns=4, max_new_tokens=12, max_total_tokens=80, temperature=1.0)
+    tasks = [Task("What is 2+3?", "5", id="a"), Task("Where was the author born? Paris", "x", id="b")]
+    runs = [collect(HFEngine(tiny_model, tiny_tokenizer, max_batch_size=size, fast_decode=fast),
+                    tiny_tokenizer, EchoEnv, tasks, samples_per_prompt=3, cfg=cfg, seed=7)
+            for size, fast in ((None, True), (2, True), (2, False))]
+    assert not any(t.error for run in runs for t in run)
+    for x, y, z in zip(*runs, strict=True):
+        assert x.token_ids == y.token_ids == z.token_ids and x.turns == y.turns == z.turns
+        assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-5)
