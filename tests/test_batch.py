@@ -62,7 +62,7 @@ def test_token_logprobs_match_manual_and_ignore_padding(tiny_model):
 def test_only_scores_the_selected_tokens_as_the_whole_model_does(tiny_model):
     from types import SimpleNamespace
 
-    from rlvr.learners.batch import plain_head
+    from rlvr.core.models import plain_head
 
     a = _traj([5, 6], [7, 8], obs=[9, 11, 12], more=[10])  # 8 tokens, 3 sampled
     b = _traj([5], [7, 13], obs=[14])  # 4 tokens, 2 sampled

@@ -348,3 +348,32 @@ def pick_device(setting: str = "auto", field: str = "run.device") -> str:
         raise ValueError(f"{field} is {setting!r} but no CUDA device is visible ({why}); "
                          f"use {field} cpu, or auto to take a GPU only when there is one")
     return setting
+
+
+# Model types whose causal-LM forward is exactly ``lm_head(model(...).last_hidden_state)``: no
+# logit scaling or soft-capping after the head (transformers' Llama, Qwen2/3 and Mistral). The
+# learner runs the head on trained positions only, and the HF engine decodes with its own step.
+PLAIN_HEAD_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def plain_head(model):
+    """(decoder, output embedding) of a causal LM in :data:`PLAIN_HEAD_MODEL_TYPES` (a PEFT
+    wrapper is looked through), or None: other models, and FSDP-sharded ones (whose root forward
+    gathers the head's weights), take the whole-model path."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
+        return None
+    try:
+        from torch.distributed.fsdp import FSDPModule
+
+        if any(isinstance(m, FSDPModule) for m in model.modules()):
+            return None
+    except ImportError:
+        pass
+    try:
+        decoder, head = model.get_decoder(), model.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if decoder is None or head is None or decoder is model:
+        return None
+    return decoder, head

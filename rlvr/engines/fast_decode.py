@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+from rlvr.core.models import plain_head
+
 BLOCK = 64  # key/value slots added at a time when a row's buffer is full
 
 
@@ -64,8 +65,10 @@ class FastDecoder:
 
     @staticmethod
     def supports(model) -> bool:
+        """Whether the model's layers are Llama's with full attention everywhere (and its head a
+        plain one: :func:`rlvr.core.models.plain_head`)."""
         cfg = getattr(model, "config", None)
-        if getattr(cfg, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        if plain_head(model) is None:
             return False
         if getattr(cfg, "_attn_implementation", "sdpa") not in ("sdpa", "eager", None):
             return False
@@ -74,20 +77,9 @@ class FastDecoder:
         if getattr(cfg, "use_sliding_window", False) or (
                 cfg.model_type == "mistral" and getattr(cfg, "sliding_window", None)):
             return False
-        try:
-            from torch.distributed.fsdp import FSDPModule
-
-            if any(isinstance(m, FSDPModule) for m in model.modules()):
-                return False
-        except ImportError:
-            pass
-        try:
-            decoder, head = model.get_decoder(), model.get_output_embeddings()
-        except (AttributeError, NotImplementedError):
-            return False
-        return (decoder is not None and head is not None and decoder is not model
-                and all(hasattr(layer, "self_attn") and hasattr(layer, "mlp")
-                        for layer in getattr(decoder, "layers", [None])))
+        decoder = model.get_decoder()
+        return all(hasattr(layer, "self_attn") and hasattr(layer, "mlp")
+                   for layer in getattr(decoder, "layers", [None]))
 
     def start(self, store: list[tuple[torch.Tensor, torch.Tensor]], extra: int) -> None:
         """Copy the prefill's keys and values into buffers with room for ``extra`` more slots

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from rlvr.core.models import plain_head
 from rlvr.core.types import Trajectory
 from rlvr.engines.hf import forward_kwargs
 
@@ -168,34 +169,6 @@ def token_logprobs(model, batch: Batch, temperature: float = 1.0, *, with_entrop
                                for b in range(logits.shape[0])]) if logits.shape[0] else lse.detach()
     ent = torch.nn.functional.pad(ent, (start, 0))  # (B, T)
     return logprobs, (ent if keep is None else ent * keep)
-
-
-# Model types whose causal-LM forward is exactly ``lm_head(model(...).last_hidden_state)``: no
-# logit scaling or soft-capping after the head (transformers' Llama, Qwen2/3 and Mistral).
-PLAIN_HEAD_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
-
-
-def plain_head(model):
-    """(decoder, output embedding) of a causal LM in :data:`PLAIN_HEAD_MODEL_TYPES` (a PEFT
-    wrapper is looked through), or None: other models, and FSDP-sharded ones (whose root forward
-    gathers the head's weights), take the whole-model path."""
-    config = getattr(model, "config", None)
-    if getattr(config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:
-        return None
-    try:
-        from torch.distributed.fsdp import FSDPModule
-
-        if any(isinstance(m, FSDPModule) for m in model.modules()):
-            return None
-    except ImportError:
-        pass
-    try:
-        decoder, head = model.get_decoder(), model.get_output_embeddings()
-    except (AttributeError, NotImplementedError):
-        return None
-    if decoder is None or head is None or decoder is model:
-        return None
-    return decoder, head
 
 
 def _selected_logprobs(decoder, head, batch: Batch, temperature: float, with_entropy: bool,
