@@ -161,3 +161,22 @@ def test_smollm2_fast_decode_samples_what_the_model_call_samples(dtype):
         same += n == len(x.token_ids) == len(y.token_ids)
         assert torch.allclose(torch.tensor(x.logprobs[:n]), torch.tensor(y.logprobs[:n]), atol=atol)
     assert same == len(runs[0]) if dtype == "float32" else same >= len(runs[0]) // 2
+
+
+def test_a_layer_replaced_in_place_is_the_one_decoded(tiny_tokenizer):
+    # an adapter injected into the engine's own model object after the engine was built, and a
+    # weight swapped for a new Parameter: the next call decodes with both
+    peft = pytest.importorskip("peft")
+    from rlvr.core.models import build_tiny_model
+
+    m = build_tiny_model(tiny_tokenizer, hidden_size=64, num_layers=2, seed=4)
+    fast, slow = HFEngine(m, tiny_tokenizer), HFEngine(m, tiny_tokenizer, fast_decode=False)
+    prompts = [tiny_tokenizer.encode("What is 2+3?")] * 3
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, seed=2)
+    before = fast.generate(prompts, params)
+    peft.inject_adapter_in_model(peft.LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False), m)
+    o = m.model.layers[0].self_attn.o_proj
+    o.weight = torch.nn.Parameter(o.weight.detach() * 3)
+    after = fast.generate(prompts, params)
+    assert_same(slow.generate(prompts, params), after)
+    assert any(x.logprobs != y.logprobs for x, y in zip(before, after))

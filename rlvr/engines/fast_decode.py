@@ -25,11 +25,10 @@ BLOCK = 64  # key/value slots added at a time when a row's buffer is full
 
 
 def _linear(module):
-    """``module`` as a function: a plain ``nn.Linear`` through ``F.linear`` (no module call),
-    anything else (a LoRA layer) called as it is."""
+    """``module`` as a function: a plain ``nn.Linear`` through ``F.linear`` (no module call) on
+    the weights it holds when called, anything else (a LoRA layer) called as it is."""
     if type(module) is torch.nn.Linear:
-        w, b = module.weight, module.bias
-        return lambda x: F.linear(x, w, b)
+        return lambda x: F.linear(x, module.weight, module.bias)
     return module
 
 

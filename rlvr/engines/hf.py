@@ -52,7 +52,7 @@ class HFEngine:
         self.max_batch_size = max_batch_size or None
         # decode steps through FastDecoder where the model type allows (False: always model(...))
         self.fast_decode = fast_decode
-        self._decoder_of: tuple[object, FastDecoder | None] | None = None
+        self._decoder_of: tuple[object, bool] | None = None
         eos = tokenizer.eos_token_id
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         ids = {eos} | (set(gen_eos) if isinstance(gen_eos, list) else {gen_eos})
@@ -177,11 +177,12 @@ class HFEngine:
         return outs, self._rows_after(dropped, prefill_len, prompts, outs)
 
     def _fast_decoder(self) -> FastDecoder | None:
-        """The model's :class:`FastDecoder`, or None where it does not apply (or is turned off)."""
+        """A :class:`FastDecoder` of the model as it is now, or None where it does not apply (or
+        is turned off). Built per call, so a layer replaced since (an adapter injected in place)
+        is the one it runs; whether the model type applies is worked out once per model."""
         if self._decoder_of is None or self._decoder_of[0] is not self.model:
-            use = self.fast_decode and FastDecoder.supports(self.model)
-            self._decoder_of = (self.model, FastDecoder(self.model) if use else None)
-        return self._decoder_of[1]
+            self._decoder_of = (self.model, self.fast_decode and FastDecoder.supports(self.model))
+        return FastDecoder(self.model) if self._decoder_of[1] else None
 
     # -- prefill ------------------------------------------------------------------------------
 
