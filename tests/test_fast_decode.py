@@ -180,3 +180,26 @@ def test_a_layer_replaced_in_place_is_the_one_decoded(tiny_tokenizer):
     after = fast.generate(prompts, params)
     assert_same(slow.generate(prompts, params), after)
     assert any(x.logprobs != y.logprobs for x, y in zip(before, after))
+
+
+def test_other_models_drop_finished_rows_too(tiny_tokenizer, monkeypatch):
+    from transformers import DynamicCache
+
+    m = tiny("gpt2", tiny_tokenizer)
+    shrunk = []
+    select = DynamicCache.batch_select_indices
+
+    def spy(self, indices):
+        shrunk.append(len(indices) < self.layers[0].keys.shape[0])
+        return select(self, indices)
+    monkeypatch.setattr(DynamicCache, "batch_select_indices", spy)
+    cfg = RolloutConfig(max_turns=4, max_new_tokens=16, max_total_tokens=96, temperature=1.0)
+    tasks = [Task("What is 2+3?", "5", id="a"), Task("Where was the author born?", "x", id="b")]
+    # one row per forward pass: nothing to drop, every row computed alone
+    runs = [collect(HFEngine(m, tiny_tokenizer, max_batch_size=size), tiny_tokenizer, EchoEnv, tasks,
+                    samples_per_prompt=4, cfg=cfg, seed=3) for size in (None, 1)]
+    assert any(shrunk)  # the whole-batch run dropped finished rows from its cache
+    assert not any(t.error for run in runs for t in run)
+    for x, y in zip(*runs, strict=True):
+        assert x.token_ids == y.token_ids and x.turns == y.turns
+        assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-5)

@@ -18,8 +18,9 @@ What makes it fast without changing a single sampled token:
 - the prefill keeps logits of the last position only (``logits_to_keep``, as HF ``generate``);
 - decode steps of Llama-family models run the model's modules directly on key/value buffers
   written in place (:mod:`rlvr.engines.fast_decode`), not through ``model(...)`` and its
-  per-call mask building and cache concatenation (``fast_decode=False`` turns it off); there,
-  once half the rows being fed have finished, the finished ones leave the batch;
+  per-call mask building and cache concatenation (``fast_decode=False`` turns it off);
+- once half the rows being fed have finished, the finished ones leave the batch (their keys and
+  values are kept for the next turn);
 - the text tail is decoded only after a token that can complete a stop string;
 - identical prompts (the G samples of a group) are prefilled once and their cache rows shared;
 - :meth:`HFEngine.session` keeps each episode's KV cache between turns, so an observation costs
@@ -157,11 +158,17 @@ class HFEngine:
                 live -= len(finished)
             if live == 0 or t == N - 1:
                 break
-            if fast is not None and live <= len(act_l) // 2:  # stop feeding the finished half
+            # stop feeding the finished half (a cache other than a plain one is left as it is)
+            if live <= len(act_l) // 2 and (fast is not None or (store := store_of(cache)) is not None):
                 ended = done[act]
                 gone, keep = ended.nonzero().flatten(), (~ended).nonzero().flatten()
-                dropped.append((fast.take(gone), attn[gone], [act_l[j] for j in gone.tolist()]))
-                fast.select(keep)
+                if fast is not None:
+                    kept = fast.take(gone)
+                    fast.select(keep)
+                else:
+                    kept = [(k[gone], v[gone]) for k, v in store]
+                    cache.batch_select_indices(keep)
+                dropped.append((kept, attn[gone], [act_l[j] for j in gone.tolist()]))
                 act, attn, pos, nxt = act[keep], attn[keep], pos[keep], nxt[keep]
                 act_l = act.tolist()
             attn = torch.cat([attn, attn.new_ones((len(act_l), 1))], dim=1)
