@@ -40,7 +40,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class FastDecoder:
     """One-token decode steps over a prefilled cache; see the module docstring.
 
-    ``start(store, length)`` takes the prefill's per-layer (keys, values), each (b, H_kv, L, D);
+    ``start(store, extra)`` takes the prefill's per-layer (keys, values), each (b, H_kv, L, D);
     ``step(ids, attn, pos)`` feeds ``ids`` (b,) at positions ``pos`` (b,) with the (b, L + t + 1)
     attention mask of every slot so far, and returns the next-token logits (b, V) in fp32;
     ``store()`` gives the per-layer (keys, values) of every fed slot, for the engine's kept caches;
