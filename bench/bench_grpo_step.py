@@ -22,7 +22,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+PAGE = os.sysconf("SC_PAGE_SIZE")  # /proc/self/statm counts pages (Linux)
 
 
 def rss_mib() -> float:

@@ -5,8 +5,9 @@ the attention function, runs the output-recording decorators and appends every l
 and value to the cache with a ``torch.cat`` (a copy of the whole cache, per layer, per token). On a
 small model those cost more than the matrix products. :class:`FastDecoder` runs the same modules
 (the embedding, each layer's norms, projections and MLP, the rotary embedding, the head) in the
-same order with the same operations, on key/value buffers grown in blocks and written in place.
-The logits equal the model's up to float rounding (the test compares the two paths).
+same order, with the attention call transformers' ``sdpa`` implementation makes for one query, on
+key/value buffers grown in blocks and written in place. The logits equal the model's up to float
+rounding (the test compares the two paths).
 
 It applies to the model types whose layers are exactly Llama's (``llama``, ``qwen2``, ``mistral``,
 and ``qwen3`` with its per-head q/k norms), full attention on every layer, the ``sdpa`` or
@@ -66,9 +67,10 @@ class FastDecoder:
     def supports(model) -> bool:
         """Whether the model's layers are Llama's with full attention everywhere (and its head a
         plain one: :func:`rlvr.core.models.plain_head`)."""
-        cfg = getattr(model, "config", None)
-        if plain_head(model) is None:
+        parts = plain_head(model)
+        if parts is None:
             return False
+        cfg = model.config
         if getattr(cfg, "_attn_implementation", "sdpa") not in ("sdpa", "eager", None):
             return False
         if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
@@ -76,9 +78,8 @@ class FastDecoder:
         if getattr(cfg, "use_sliding_window", False) or (
                 cfg.model_type == "mistral" and getattr(cfg, "sliding_window", None)):
             return False
-        decoder = model.get_decoder()
         return all(hasattr(layer, "self_attn") and hasattr(layer, "mlp")
-                   for layer in getattr(decoder, "layers", [None]))
+                   for layer in getattr(parts[0], "layers", [None]))
 
     def start(self, store: list[tuple[torch.Tensor, torch.Tensor]], extra: int) -> None:
         """Copy the prefill's keys and values into buffers with room for ``extra`` more slots

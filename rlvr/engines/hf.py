@@ -126,13 +126,15 @@ class HFEngine:
         matcher = _StopMatcher(self.tokenizer, params.stop)
         table = self._stop_table(matcher.stops, logits.shape[-1], dev) if matcher.active else None
         prefill_len = attn.shape[1]
-        store = store_of(cache)
-        fast = self._fast_decoder() if store is not None else None
-        if fast is not None:
-            fast.start(store, N - 1)
-            cache = store = None  # the decoder's buffers hold it all now
+        store = store_of(cache)  # None: a cache that is not a plain record of every token
+        dec = self._fast_decoder() if store is not None else None
+        if dec is not None:
+            dec.start(store, N - 1)  # the decoder's buffers hold it all from now on
+        else:
+            dec = _ModelCall(self, cache)
+        droppable, cache, store = store is not None, None, None
         act, act_l = torch.arange(b, device=dev), list(range(b))  # the rows still being fed
-        dropped: list[tuple] = []  # (store, attention mask, rows) of rows dropped from the batch
+        parts: list[tuple] = []  # (keys and values, attention mask, rows) of each group of rows
         live = b
         for t in range(N):
             u = None if uniforms is None else uniforms[act, t]
@@ -158,30 +160,21 @@ class HFEngine:
                 live -= len(finished)
             if live == 0 or t == N - 1:
                 break
-            # stop feeding the finished half (a cache other than a plain one is left as it is)
-            if live <= len(act_l) // 2 and (fast is not None or (store := store_of(cache)) is not None):
+            if droppable and live <= len(act_l) // 2:  # stop feeding the finished half
                 ended = done[act]
                 gone, keep = ended.nonzero().flatten(), (~ended).nonzero().flatten()
-                if fast is not None:
-                    kept = fast.take(gone)
-                    fast.select(keep)
-                else:
-                    kept = [(k[gone], v[gone]) for k, v in store]
-                    cache.batch_select_indices(keep)
-                dropped.append((kept, attn[gone], [act_l[j] for j in gone.tolist()]))
+                parts.append((dec.take(gone), attn[gone], [act_l[j] for j in gone.tolist()]))
+                dec.select(keep)
                 act, attn, pos, nxt = act[keep], attn[keep], pos[keep], nxt[keep]
                 act_l = act.tolist()
             attn = torch.cat([attn, attn.new_ones((len(act_l), 1))], dim=1)
-            if fast is not None:
-                logits = fast.step(nxt, attn, pos)
-            else:
-                logits = self._forward(nxt[:, None], attn, pos[:, None], cache)
+            logits = dec.step(nxt, attn, pos)
             pos = pos + 1
         toks_l, lps_l = toks.tolist(), lps.tolist()
         outs = [Completion(toks_l[i][:n_gen[i]], lps_l[i][:n_gen[i]], reason[i] or "length", stop_str[i])
                 for i in range(b)]
-        dropped.append((fast.store() if fast is not None else store_of(cache), attn, act_l))
-        return outs, self._rows_after(dropped, prefill_len, prompts, outs)
+        parts.append((dec.store(), attn, act_l))
+        return outs, self._rows_after(parts, prefill_len, prompts, outs)
 
     def _fast_decoder(self) -> FastDecoder | None:
         """A :class:`FastDecoder` of the model as it is now, or None where it does not apply (or
@@ -267,6 +260,26 @@ class HFEngine:
                                           for p in pieces])
             self._stop_tables[key] = table
         return self._stop_tables[key].to(dev)
+
+
+class _ModelCall:
+    """Decode steps through ``model(...)`` on its own cache, with :class:`FastDecoder`'s
+    interface (``take`` and ``select`` only on a plain cache, :func:`store_of` not None)."""
+
+    def __init__(self, engine: HFEngine, cache) -> None:
+        self.engine, self.cache = engine, cache
+
+    def step(self, ids, attn, pos) -> torch.Tensor:
+        return self.engine._forward(ids[:, None], attn, pos[:, None], self.cache)
+
+    def store(self):
+        return store_of(self.cache)
+
+    def take(self, rows: torch.Tensor):
+        return [(k[rows], v[rows]) for k, v in store_of(self.cache)]
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.cache.batch_select_indices(rows)
 
 
 @dataclass
