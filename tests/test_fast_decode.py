@@ -12,6 +12,7 @@ import torch
 from rlvr.core.config import RolloutConfig
 from rlvr.core.types import Task
 from rlvr.engines.base import SamplingParams
+from rlvr.engines import fast_decode
 from rlvr.engines.fast_decode import BLOCK, FastDecoder
 from rlvr.engines.hf import HFEngine
 from rlvr.rollout.episodes import collect
@@ -25,6 +26,10 @@ def tiny(kind, tok):
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     config = {"qwen2": lambda: transformers.Qwen2Config(**common),
+              # frequencies rescaled past 32 positions: the rotary table must not be used
+              "llama_dynamic_rope": lambda: transformers.LlamaConfig(**{
+                  **common, "max_position_embeddings": 32,
+                  "rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}}),
               "qwen3": lambda: transformers.Qwen3Config(head_dim=16, **common),
               "mistral_window": lambda: transformers.MistralConfig(sliding_window=8, **common),
               "gpt2": lambda: transformers.GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2,
@@ -34,9 +39,12 @@ def tiny(kind, tok):
         return transformers.AutoModelForCausalLM.from_config(config)
 
 
-@pytest.fixture(params=["llama", "qwen2", "qwen3"])
-def model(request, tiny_model, tiny_tokenizer):
-    return tiny_model if request.param == "llama" else tiny(request.param, tiny_tokenizer)
+@pytest.fixture(params=["llama", "qwen2", "qwen3", "llama_dynamic_rope", "llama_unfused"])
+def model(request, tiny_model, tiny_tokenizer, monkeypatch):
+    if request.param == "llama_unfused":  # as a model too large to concatenate weights per call
+        monkeypatch.setattr(fast_decode, "FUSE_MAX_BYTES", 0)
+    return tiny_model if request.param.startswith("llama_un") or request.param == "llama" \
+        else tiny(request.param, tiny_tokenizer)
 
 
 def generate_both(model, tok, prompts, params):
@@ -84,13 +92,18 @@ def test_fast_decode_grows_its_buffers_past_a_block(tiny_model, tiny_tokenizer):
     assert_same(*generate_both(tiny_model, tiny_tokenizer, prompts, greedy))
 
 
-def test_fast_decode_keeps_the_same_caches_across_turns(model, tiny_tokenizer, drops):
+def test_fast_decode_keeps_the_same_caches_across_turns(model, tiny_tokenizer, drops, monkeypatch):
+    extended = []  # later turns' new tokens fed by the decoder itself, over gathered caches
+    extend = FastDecoder.extend
+    monkeypatch.setattr(FastDecoder, "extend", lambda self, ids, attn, pos: (
+        extended.append(ids.shape), extend(self, ids, attn, pos))[1])
     cfg = RolloutConfig(max_turns=5, max_new_tokens=16, max_total_tokens=96, temperature=1.0)
     tasks = [Task("What is 2+3?", "5", id="a"), Task("Where was the author born?", "x", id="b")]
     runs = [collect(HFEngine(model, tiny_tokenizer, fast_decode=fast), tiny_tokenizer, EchoEnv, tasks,
                     samples_per_prompt=4, cfg=cfg, seed=2) for fast in (False, True)]
     assert sum(len(t.turns) for t in runs[0]) > len(runs[0]) + 2  # several turns really ran
     assert drops  # and the next turn reused caches of rows dropped from their batch
+    assert extended and all(n > 1 for _, n in extended)
     for x, y in zip(*runs, strict=True):
         assert x.token_ids == y.token_ids and x.loss_mask == y.loss_mask and x.turns == y.turns
         assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-5)

@@ -9,6 +9,13 @@ same order, with the attention call transformers' ``sdpa`` implementation makes 
 key/value buffers grown in blocks and written in place. The logits equal the model's up to float
 rounding (the test compares the two paths).
 
+A later turn's new tokens (the observation, after the last sampled token) go in through
+:meth:`FastDecoder.extend`: the kept rows are gathered straight into its buffers and the new
+tokens run causally over them with the attention call transformers makes for several queries,
+so the turn costs one copy of the kept keys and values, not three. On a small model the q/k/v
+and gate/up products run as one product each (weights concatenated once per call,
+:data:`FUSE_MAX_BYTES`), and the rotary (cos, sin) come from one table per call.
+
 It applies to the model types whose layers are exactly Llama's (``llama``, ``qwen2``, ``mistral``,
 and ``qwen3`` with its per-head q/k norms), full attention on every layer, the ``sdpa`` or
 ``eager`` attention implementation; anything else (sliding windows, other architectures, FSDP)
@@ -23,6 +30,11 @@ import torch.nn.functional as F
 from rlvr.core.models import plain_head
 
 BLOCK = 64  # key/value slots added at a time when a row's buffer is full
+# A model whose q/k/v and gate/up weights take at most this much gets them concatenated once per
+# call (three products and two become one each): on a small model a step costs per-operation
+# overhead more than arithmetic. A larger one keeps its separate products rather than copy its
+# weights each call.
+FUSE_MAX_BYTES = 32 << 20
 
 
 def _linear(module):
@@ -38,12 +50,56 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-class FastDecoder:
-    """One-token decode steps over a prefilled cache; see the module docstring.
+def _fused(linears):
+    """Plain ``nn.Linear`` layers of one input as one function computing all their outputs with
+    one matrix product (their weights concatenated now, as they are for this call); None if one
+    of them is not a plain ``nn.Linear`` (a LoRA layer) or only some have a bias."""
+    if any(type(m) is not torch.nn.Linear for m in linears):
+        return None
+    if len({m.bias is None for m in linears}) > 1:
+        return None
+    with torch.no_grad():
+        w = torch.cat([m.weight for m in linears])
+        b = None if linears[0].bias is None else torch.cat([m.bias for m in linears])
+    sizes = [m.out_features for m in linears]
+    return lambda x: F.linear(x, w, b).split(sizes, dim=-1)
 
-    ``start(store, extra)`` takes the prefill's per-layer (keys, values), each (b, H_kv, L, D);
+
+def _mlp(mlp):
+    """Llama's gated MLP, ``down(act(gate(x)) * up(x))``, with gate and up as one product; None
+    for an MLP of another shape."""
+    if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+        return None
+    gate_up, down, act = _fused([mlp.gate_proj, mlp.up_proj]), _linear(mlp.down_proj), mlp.act_fn
+    if gate_up is None:
+        return None
+
+    def forward(x):
+        g, u = gate_up(x)
+        return down(act(g) * u)
+    return forward
+
+
+def _fusable_bytes(layers) -> int:
+    """Bytes of the q/k/v and gate/up weights that :func:`_fused` would copy for one call."""
+    names = ("q_proj", "k_proj", "v_proj")
+    total = 0
+    for layer in layers:
+        mods = [getattr(layer.self_attn, n, None) for n in names]
+        mods += [getattr(layer.mlp, n, None) for n in ("gate_proj", "up_proj")]
+        total += sum(m.weight.numel() * m.weight.element_size() for m in mods
+                     if isinstance(m, torch.nn.Linear))
+    return total
+
+
+class FastDecoder:
+    """Decode steps over a prefilled cache; see the module docstring.
+
+    ``start(store, extra)`` takes the prefill's per-layer (keys, values), each (b, H_kv, L, D),
+    or ``adopt(buffers, length)`` buffers already gathered with room to spare;
     ``step(ids, attn, pos)`` feeds ``ids`` (b,) at positions ``pos`` (b,) with the (b, L + t + 1)
     attention mask of every slot so far, and returns the next-token logits (b, V) in fp32;
+    ``extend(ids, attn, pos)`` feeds several tokens per row at once;
     ``store()`` gives the per-layer (keys, values) of every fed slot, for the engine's kept caches;
     ``take(rows)`` and ``select(rows)`` let the engine drop finished rows from the batch.
     """
@@ -54,12 +110,23 @@ class FastDecoder:
         cfg = model.config
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.groups = cfg.num_attention_heads // cfg.num_key_value_heads
+        fuse = _fusable_bytes(self.decoder.layers) <= FUSE_MAX_BYTES
         self.layers = []
         for layer in self.decoder.layers:
-            a = layer.self_attn
-            self.layers.append((layer.input_layernorm, _linear(a.q_proj), _linear(a.k_proj),
-                                _linear(a.v_proj), getattr(a, "q_norm", None), getattr(a, "k_norm", None),
-                                _linear(a.o_proj), layer.post_attention_layernorm, layer.mlp, a.scaling))
+            a, mlp = layer.self_attn, layer.mlp
+            qkv = _fused([a.q_proj, a.k_proj, a.v_proj]) if fuse else None
+            if qkv is None:
+                q, k, v = _linear(a.q_proj), _linear(a.k_proj), _linear(a.v_proj)
+                qkv = lambda h, q=q, k=k, v=v: (q(h), k(h), v(h))  # noqa: E731
+            self.layers.append((layer.input_layernorm, qkv, getattr(a, "q_norm", None),
+                                getattr(a, "k_norm", None), _linear(a.o_proj),
+                                layer.post_attention_layernorm, (_mlp(mlp) if fuse else None) or mlp,
+                                a.scaling))
+        rope = self.decoder.rotary_emb
+        # positions -> (cos, sin) as one table per call, where the frequencies do not depend on
+        # how long the sequence is (the "dynamic" and "longrope" types rescale them)
+        self.rope_table = getattr(rope, "rope_type", None) in ("default", "linear", "llama3")
+        self._cos = self._sin = None
         self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.length = 0
 
@@ -94,6 +161,11 @@ class FastDecoder:
             vb[:, :, :self.length] = v
             self.kv.append((kb, vb))
 
+    def adopt(self, buffers: list[tuple[torch.Tensor, torch.Tensor]], length: int) -> None:
+        """Take ``buffers`` (per layer (b, H_kv, room, D) keys and values, the first ``length``
+        slots filled: :func:`rlvr.engines.kv_cache.gather_kv`) as they are, without a copy."""
+        self.kv, self.length = list(buffers), length
+
     def store(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [(k[:, :, :self.length], v[:, :, :self.length]) for k, v in self.kv]
 
@@ -106,32 +178,74 @@ class FastDecoder:
         self.kv = [(k[rows], v[rows]) for k, v in self.kv]
 
     def step(self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        b, D, slot = ids.shape[0], self.head_dim, self.length
-        if slot == self.kv[0][0].shape[2]:
-            self.kv = [(torch.cat([k, k.new_empty(k.shape[:2] + (BLOCK,) + k.shape[3:])], 2),
-                        torch.cat([v, v.new_empty(v.shape[:2] + (BLOCK,) + v.shape[3:])], 2))
+        """Feed one token per row, ``ids`` (b,) at positions ``pos`` (b,); ``attn`` (b, >= L + 1)
+        marks the slots each row attends to. Returns the next-token logits (b, V), fp32."""
+        return self._feed(ids[:, None], attn, pos[:, None])
+
+    def extend(self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Feed ``n`` tokens per row at once (a turn's new tokens over a kept cache): ``ids``
+        (b, n) left padded, ``pos`` (b, n) their positions, ``attn`` (b, L + n) the slots that
+        hold a row's own tokens. The attention is causal over the new slots, as in
+        ``model(...)`` with a cache. Returns the logits after each row's last token (b, V)."""
+        return self._feed(ids, attn, pos)
+
+    def _feed(self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        (b, n), D, slot = ids.shape, self.head_dim, self.length
+        end = slot + n
+        if end > self.kv[0][0].shape[2]:
+            grow = max(BLOCK, end - self.kv[0][0].shape[2])
+            self.kv = [(torch.cat([k, k.new_empty(k.shape[:2] + (grow,) + k.shape[3:])], 2),
+                        torch.cat([v, v.new_empty(v.shape[:2] + (grow,) + v.shape[3:])], 2))
                        for k, v in self.kv]
-        n = slot + 1
-        mask = attn[:, None, None, :n].bool()  # (b, 1, 1, n): the slots each row attends to
-        x = self.decoder.embed_tokens(ids[:, None])  # (b, 1, H)
-        cos, sin = self.decoder.rotary_emb(x, position_ids=pos[:, None])  # (b, 1, D) each
-        cos, sin = cos[:, None], sin[:, None]  # (b, 1, 1, D)
-        for (norm1, q_proj, k_proj, v_proj, q_norm, k_norm, o_proj, norm2, mlp, scale), (kb, vb) in zip(
-                self.layers, self.kv):
-            h = norm1(x)
-            q, k, v = q_proj(h).view(b, 1, -1, D), k_proj(h).view(b, 1, -1, D), v_proj(h).view(b, 1, -1, D)
+        own = attn[:, :end].bool()  # (b, end): the slots that hold each row's own tokens
+        if n == 1:
+            mask = own[:, None, None, :]  # (b, 1, 1, end), shared by a kv head's query heads
+        else:  # causal over the new slots; a padding query sees itself (its output is unused)
+            new = torch.arange(n, device=ids.device)
+            seen = torch.arange(end, device=ids.device)[None, :] <= (slot + new)[:, None]  # (n, end)
+            mask = own[:, None, :] & seen[None]  # (b, n, end)
+            mask[:, new, slot + new] |= ~own[:, slot:]
+            mask = mask[:, None]  # (b, 1, n, end)
+        x = self.decoder.embed_tokens(ids)  # (b, n, H)
+        cos, sin = self._rotary(x, pos, end)
+        cos, sin = cos[:, None], sin[:, None]  # (b, 1, n, D)
+        for (norm1, qkv, q_norm, k_norm, o_proj, norm2, mlp, scale), (kb, vb) in zip(self.layers, self.kv):
+            q, k, v = qkv(norm1(x))
+            q, k, v = q.view(b, n, -1, D), k.view(b, n, -1, D), v.view(b, n, -1, D)
             if q_norm is not None:
                 q, k = q_norm(q), k_norm(k)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (b, heads, 1, D)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (b, heads, n, D)
             q = (q * cos) + (_rotate_half(q) * sin)
             k = (k * cos) + (_rotate_half(k) * sin)
-            kb[:, :, slot] = k[:, :, 0]
-            vb[:, :, slot] = v[:, :, 0]
-            if self.groups > 1:  # the query heads of one key/value head side by side, as one query
+            kb[:, :, slot:end] = k
+            vb[:, :, slot:end] = v
+            keys, values = kb[:, :, :end], vb[:, :, :end]
+            if self.groups > 1 and n == 1:  # the query heads of one key/value head as one query
                 q = q.reshape(b, q.shape[1] // self.groups, self.groups, D)
-            o = F.scaled_dot_product_attention(q, kb[:, :, :n], vb[:, :, :n], attn_mask=mask, scale=scale)
-            o = o.reshape(b, -1, 1, D).transpose(1, 2).reshape(b, 1, -1)
+            elif self.groups > 1:  # as transformers' sdpa does for several queries
+                keys, values = _repeat_kv(keys, self.groups), _repeat_kv(values, self.groups)
+            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
+            o = o.reshape(b, -1, n, D).transpose(1, 2).reshape(b, n, -1)
             x = x + o_proj(o)
             x = x + mlp(norm2(x))
-        self.length = n
-        return self.head(self.decoder.norm(x)[:, 0]).float()  # (b, V)
+        self.length = end
+        return self.head(self.decoder.norm(x[:, -1:])[:, 0]).float()  # (b, V)
+
+    def _rotary(self, x: torch.Tensor, pos: torch.Tensor, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) (b, n, D) of the rotary embedding at positions ``pos`` (b, n). A position is
+        never past its slot (slots also hold padding), so a table of ``end`` positions covers them."""
+        rope = self.decoder.rotary_emb
+        if not self.rope_table:
+            return rope(x, position_ids=pos)
+        if self._cos is None or self._cos.shape[0] < end:
+            at = torch.arange(end + BLOCK, device=x.device)[None]
+            cos, sin = rope(x, position_ids=at)  # (1, L, D) each
+            self._cos, self._sin = cos[0], sin[0]
+        return self._cos[pos], self._sin[pos]
+
+
+def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(b, H_kv, L, D) -> (b, H_kv * groups, L, D), each key/value head once per query head."""
+    b, h, L, D = x.shape
+    return x[:, :, None].expand(b, h, groups, L, D).reshape(b, h * groups, L, D)
+

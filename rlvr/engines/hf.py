@@ -24,7 +24,9 @@ What makes it fast without changing a single sampled token:
 - the text tail is decoded only after a token that can complete a stop string;
 - identical prompts (the G samples of a group) are prefilled once and their cache rows shared;
 - :meth:`HFEngine.session` keeps each episode's KV cache between turns, so an observation costs
-  a prefill of its own tokens only (the multi-turn rollout no longer re-prefills everything).
+  a prefill of its own tokens only (the multi-turn rollout no longer re-prefills everything);
+  with the decode step above, those tokens are fed by it too, on the kept keys and values
+  gathered straight into its buffers.
 
 The cache is passed as ``cache=`` where the model takes it (transformers >= 5) and as
 ``past_key_values=`` on older releases, which have no other name for it.
@@ -39,8 +41,8 @@ from typing import Hashable
 import torch
 
 from rlvr.engines.base import Completion, SamplingParams
-from rlvr.engines.fast_decode import FastDecoder
-from rlvr.engines.kv_cache import KVStore, gather_rows, new_cache, store_of
+from rlvr.engines.fast_decode import BLOCK, FastDecoder
+from rlvr.engines.kv_cache import KVStore, gather_kv, gather_rows, new_cache, store_of
 
 
 class HFEngine:
@@ -112,9 +114,9 @@ class HFEngine:
         return outs, rows
 
     def _generate_chunk(self, prompts, params, cached, uniforms):
-        cache, attn, pos, logits = self._prefill(prompts, cached)
-        cached.clear()  # last turn's cache rows are copied: free them before decoding grows this one
         b, N = len(prompts), params.max_new_tokens
+        dec, attn, pos, logits = self._prefill(prompts, cached, N - 1)
+        cached.clear()  # last turn's cache rows are copied: free them before decoding grows this one
         dev = logits.device
         toks = torch.empty((b, N), dtype=torch.long, device=dev)
         lps = torch.empty((b, N), dtype=torch.float32, device=dev)
@@ -126,13 +128,7 @@ class HFEngine:
         matcher = _StopMatcher(self.tokenizer, params.stop)
         table = self._stop_table(matcher.stops, logits.shape[-1], dev) if matcher.active else None
         prefill_len = attn.shape[1]
-        store = store_of(cache)  # None: a cache that is not a plain record of every token
-        dec = self._fast_decoder() if store is not None else None
-        if dec is not None:
-            dec.start(store, N - 1)  # the decoder's buffers hold it all from now on
-        else:
-            dec = _ModelCall(self, cache)
-        droppable, cache, store = store is not None, None, None
+        droppable = not isinstance(dec, _ModelCall) or dec.store() is not None
         act, act_l = torch.arange(b, device=dev), list(range(b))  # the rows still being fed
         parts: list[tuple] = []  # (keys and values, attention mask, rows) of each group of rows
         live = b
@@ -186,12 +182,14 @@ class HFEngine:
 
     # -- prefill ------------------------------------------------------------------------------
 
-    def _prefill(self, prompts, cached):
-        """KV cache, attention mask (b, L), next position (b,) and next-token logits (b, V) of
-        each prompt: prefilled from scratch (identical prompts once), or from a cached prefix
-        plus the new tokens only."""
+    def _prefill(self, prompts, cached, extra: int):
+        """The decoder each row continues from (a :class:`FastDecoder` with room for ``extra``
+        more slots where it applies, else :class:`_ModelCall`), the attention mask (b, L), the
+        next position (b,) and the next-token logits (b, V) of each prompt: prefilled from
+        scratch (identical prompts once), or from a cached prefix plus the new tokens only."""
         dev = self.device
         keep = [_reusable(c, p) for c, p in zip(cached, prompts)]
+        next_pos = torch.tensor([len(p) for p in prompts], device=dev)
         if not any(keep):
             uniq: dict[tuple[int, ...], int] = {}
             which = [uniq.setdefault(tuple(p), len(uniq)) for p in prompts]
@@ -203,14 +201,30 @@ class HFEngine:
                 idx = torch.tensor(which, device=dev)
                 cache.batch_select_indices(idx)
                 attn, logits = attn[idx], logits[idx]
-            return cache, attn, torch.tensor([len(p) for p in prompts], device=dev), logits
-        cache, past = gather_rows(self.model, [c.store if c else None for c in cached],
-                                  [c.index if c else 0 for c in cached], keep, dev)
+            return self._decoder(cache, extra), attn, next_pos, logits
+        stores = [c.store if c else None for c in cached]
+        index = [c.index if c else 0 for c in cached]
         ids, new = _left_pad([p[k:] for p, k in zip(prompts, keep)], self.pad_id, dev)
-        attn = torch.cat([past.long(), new], dim=1)
         pos = torch.tensor(keep, device=dev)[:, None] + (new.cumsum(-1) - 1).clamp(min=0)
+        if (dec := self._fast_decoder()) is not None:  # gathered straight into its buffers
+            layers, past = gather_kv(stores, index, keep, dev, room=new.shape[1] + min(extra, BLOCK))
+            dec.adopt(layers, past.shape[1])
+            attn = torch.cat([past.long(), new], dim=1)
+            return dec, attn, next_pos, dec.extend(ids, attn, pos)
+        cache, past = gather_rows(self.model, stores, index, keep, dev)
+        attn = torch.cat([past.long(), new], dim=1)
         logits = self._forward(ids, attn, pos, cache)
-        return cache, attn, torch.tensor([len(p) for p in prompts], device=dev), logits
+        return _ModelCall(self, cache), attn, next_pos, logits
+
+    def _decoder(self, cache, extra: int) -> "FastDecoder | _ModelCall":
+        """The decoder that continues from a prefilled ``cache``: a :class:`FastDecoder` holding
+        its keys and values where it applies (a plain cache), else ``model(...)`` on it."""
+        store = store_of(cache)  # None: a cache that is not a plain record of every token
+        dec = self._fast_decoder() if store is not None else None
+        if dec is None:
+            return _ModelCall(self, cache)
+        dec.start(store, extra)  # the decoder's buffers hold it all from now on
+        return dec
 
     def _forward(self, ids, attn, pos, cache) -> torch.Tensor:
         cache_kw, keep_kw = self._kwargs()

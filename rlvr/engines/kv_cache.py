@@ -65,13 +65,25 @@ def gather_rows(model, stores: list[KVStore | None], index: list[int], keep: lis
 
     The tokens keep their positions (the caller passes them as ``position_ids``), so the keys
     are the ones a fresh prefill of those tokens computes."""
+    layers, past = gather_kv(stores, index, keep, dev)
+    cache = new_cache(model)
+    for i, (k, v) in enumerate(layers):
+        cache.update(k, v, i)
+    return cache, past
+
+
+def gather_kv(stores: list[KVStore | None], index: list[int], keep: list[int], dev, room: int = 0
+              ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """:func:`gather_rows` as per-layer (keys, values) tensors, each (b, H, Lc + room, D) with
+    the gathered slots in the first Lc = max(keep) (``room`` free slots after them, for a
+    decoder that writes in place); and the (b, Lc) bool mask of the gathered slots."""
     b, Lc = len(keep), max(keep)
     past = torch.zeros((b, Lc), dtype=torch.bool, device=dev)
     groups: dict[int, tuple[KVStore, list[int]]] = {}
     for j, (st, k) in enumerate(zip(stores, keep)):
         if k:
             groups.setdefault(id(st), (st, []))[1].append(j)
-    out: list[list[torch.Tensor]] | None = None
+    out: list[list[torch.Tensor]] = []
     for st, targets in groups.values():
         rows = torch.tensor([index[j] for j in targets], device=dev)
         k = torch.tensor([keep[j] for j in targets], device=dev)
@@ -87,12 +99,10 @@ def gather_rows(model, stores: list[KVStore | None], index: list[int], keep: lis
         tgt = torch.tensor(targets, device=dev)
         past[tgt] = slots >= 0
         P = slots.clamp(min=0)  # (n, Lc)
-        if out is None:
-            out = [[kv.new_zeros((b, kv.shape[1], Lc, kv.shape[3])) for kv in layer] for layer in st.layers]
+        if not out:
+            out = [[kv.new_zeros((b, kv.shape[1], Lc + room, kv.shape[3])) for kv in layer]
+                   for layer in st.layers]
         for dst, layer in zip(out, st.layers):
             for d, kv in zip(dst, layer):  # kv[rows, :, P]: (n, Lc, H, D)
-                d[tgt] = kv[rows[:, None], :, P].permute(0, 2, 1, 3)
-    cache = new_cache(model)
-    for i, (k, v) in enumerate(out or []):
-        cache.update(k, v, i)
-    return cache, past
+                d[tgt, :, :Lc] = kv[rows[:, None], :, P].permute(0, 2, 1, 3)
+    return [(k, v) for k, v in out], past
