@@ -97,3 +97,70 @@ def test_only_scores_the_selected_tokens_as_the_whole_model_does(tiny_model):
         hook.remove()
     # a model outside the known plain-head types keeps the whole-model path
     assert plain_head(SimpleNamespace(config=SimpleNamespace(model_type="gemma2"))) is None
+
+
+def _grouped_batch():
+    """Three prompts (3, 6 and 5 tokens) of 4, 3 and 1 samples, their rows interleaved; some
+    samples multi-turn (an observation, then more sampled tokens), of different lengths."""
+    prompts = {"a": [5, 6, 7], "b": [8, 9, 10, 11, 12, 13], "c": [14, 15, 16, 17, 18]}
+    rows = []
+    for i, g in enumerate("ababcaba"):
+        n = 2 + i % 4
+        rows.append(_traj(prompts[g], [20 + i + j for j in range(n)],
+                          obs=[40, 41 + i] if i % 3 == 0 else (), more=[50 + i] if i % 3 == 0 else ()))
+    return collate(rows, pad_token_id=0)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
+def test_shared_prompts_give_the_whole_pass_logprobs_and_gradients(kind, tiny_model, tiny_tokenizer,
+                                                                   monkeypatch):
+    import rlvr.learners.batch as batch_mod
+    from tests.test_fast_decode import tiny
+
+    model = tiny_model if kind == "llama" else tiny(kind, tiny_tokenizer)
+    batch = _grouped_batch()
+    first, inverse = batch_mod.shared_prompts(batch)
+    groups = "ababcaba"  # the rows' prompts
+    assert len(first) == 3 and all((inverse[i] == inverse[j]) == (groups[i] == groups[j])
+                                   for i in range(8) for j in range(8))
+    runs = []
+    real = batch_mod.shared_prompt_hidden
+    monkeypatch.setattr(batch_mod, "shared_prompt_hidden",
+                        lambda *a: (runs.append(len(a[2])), real(*a))[1])
+    w = torch.linspace(-1, 1, batch.input_ids.numel()).view(batch.input_ids.shape)
+    out = []
+    for share in (False, True):
+        model.zero_grad(set_to_none=True)
+        lp, ent = token_logprobs(model, batch, 0.7, only=batch.loss_mask, share_prompts=share)
+        ((lp * w).sum() + ent.sum()).backward()
+        out.append((lp.detach(), ent.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert runs == [3]  # the shared pass ran, once, over the 3 distinct prompts
+    (lp0, ent0, g0), (lp1, ent1, g1) = out
+    assert lp0.abs().sum() > 0
+    torch.testing.assert_close(lp1, lp0, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ent1, ent0, rtol=0, atol=1e-5)
+    for x, y in zip(g1, g0):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_prompts_are_shared_only_where_it_saves(tiny_model):
+    import rlvr.learners.batch as batch_mod
+    from rlvr.learners.runtime import activation_checkpointing
+
+    distinct = collate([_traj([5 + i, 6], [7, 8, 9]) for i in range(4)], pad_token_id=0)
+    assert batch_mod.shared_prompts(distinct) is None  # nothing to share
+    # one shared 1-token prompt in rows of 12 tokens: 1 token saved of 24 (under a tenth)
+    short = collate([_traj([5], list(range(20, 31))), _traj([5], list(range(40, 51)))], pad_token_id=0)
+    assert batch_mod.shared_prompts(short) is None
+    grouped = _grouped_batch()
+    assert batch_mod.shared_prompts(grouped) is not None
+    # activation checkpointing drops the cache the shared pass needs: the whole pass runs
+    activation_checkpointing(tiny_model, True)
+    try:
+        assert batch_mod._checkpointed(tiny_model)
+        with torch.no_grad():
+            a, _ = token_logprobs(tiny_model, grouped, only=grouped.loss_mask, share_prompts=True)
+            b, _ = token_logprobs(tiny_model, grouped, only=grouped.loss_mask, share_prompts=False)
+        assert torch.equal(a, b)
+    finally:
+        activation_checkpointing(tiny_model, False)

@@ -33,6 +33,7 @@ def test_on_policy_gradients_are_unchanged(tmp_path, tiny_tokenizer):
         cfg = tiny_learner_config(tmp_path / str(on), "grpo", steps=1, kl_coef=0.2, entropy_coef=0.01)
         cfg.model.gradient_checkpointing = on
         cfg.optim.micro_batch_size = 3
+        cfg.rl.share_prompts = False  # one decoder pass per micro-batch, so the calls count them
         s = common.setup(cfg, _model(tiny_tokenizer), tiny_tokenizer, needs_ref=True)
         batch = common.prepare_batch(s, mixed_trajectories(6), torch.linspace(-1, 1, 6))
         s.model.train()

@@ -205,3 +205,26 @@ def test_warmup_then_linear_decay(tmp_path):
         sched.step()
     # warm-up (i+1)/2: 0.5, 1.0; then 1 - (i-2)/4: 1.0, 0.75, 0.5, 0.25
     assert lrs == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25])
+
+
+def test_shared_prompt_passes_give_the_same_gradient(tmp_path, tiny_tokenizer, fresh_model, monkeypatch):
+    import rlvr.learners.batch as batch_mod
+
+    s = _session(tmp_path, tiny_tokenizer, fresh_model, kl_coef=0.2, entropy_coef=0.01)
+    s.cfg.optim.micro_batch_size = 8
+    trajs = mixed_trajectories(8)  # prompts [5], [5, 6], [5, 6, 7] in turn: 3 distinct in 8 rows
+    runs, real = [], batch_mod.shared_prompt_hidden
+    monkeypatch.setattr(batch_mod, "shared_prompt_hidden", lambda *a: (runs.append(len(a[2])), real(*a))[1])
+    grads, ref = [], []
+    for share in (False, True):
+        s.cfg.rl.share_prompts = share
+        runs.clear()
+        batch = common.prepare_batch(s, trajs, torch.linspace(-1, 1, 8))  # the reference's pass too
+        ref.append(batch.ref_logprobs)
+        s.model.zero_grad(set_to_none=True)
+        common.accumulate_gradients(s, batch, GRPO, kl_coef=0.2)
+        grads.append(torch.cat([p.grad.flatten() for p in s.model.parameters()]))
+        assert runs == ([3, 3] if share else [])  # the reference's pass and the update's
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(ref[1], ref[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)

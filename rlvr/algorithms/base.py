@@ -35,7 +35,7 @@ SHARED = frozenset({
     "kl_coef", "kl_estimator", "kl_in_reward", "kl_target", "kl_horizon", "entropy_coef",
     "filter_zero_variance", "resample_max_attempts", "mask_observations", "reward_model",
     "reward_model_weight", "no_eos_penalty", "overlong_buffer_len", "overlong_penalty",
-    "old_logprobs", "is_correction", "is_cap", "is_level",
+    "old_logprobs", "is_correction", "is_cap", "is_level", "share_prompts",
 })
 
 

@@ -164,6 +164,12 @@ class RLConfig:
     """PPO clip range above 1 (clip-higher, DAPO: e.g. 0.28)."""
     loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
     """token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (Dr. GRPO)."""
+    share_prompts: bool = True
+    """Run the decoder over each distinct prompt of a micro-batch once (the samples of a group
+    share it) and every row's tokens after it on those keys and values, in the update's forward
+    passes (and the reference's, and ``old_logprobs = recompute``), where the model has a plain
+    head and it saves enough. Logprobs and gradients equal the whole-sequence pass up to float
+    rounding; False: one pass per row."""
     std_normalize: Literal["unbiased", "biased", "none"] = "unbiased"
     """GRPO advantage std: unbiased (G-1) | biased (G) | none (Dr. GRPO)."""
     kl_coef: float = 0.0

@@ -119,8 +119,8 @@ def collate(trajectories: Sequence[Trajectory], pad_token_id: int) -> Batch:
 
 
 def token_logprobs(model, batch: Batch, temperature: float = 1.0, *, with_entropy: bool = True,
-                   entropy_grad: bool = True, only: Optional[torch.Tensor] = None
-                   ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                   entropy_grad: bool = True, only: Optional[torch.Tensor] = None,
+                   share_prompts: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Per-token log-probabilities (B, T) of each token given its prefix, and entropies (B, T).
 
     ``out[b, t] = log_softmax(logits[b, t-1] / temperature)[input_ids[b, t]]``; the entropy at
@@ -139,9 +139,16 @@ def token_logprobs(model, batch: Batch, temperature: float = 1.0, *, with_entrop
     a model whose logits are its output embedding applied to its decoder's last hidden state
     (:func:`plain_head`), the head then runs on those tokens' positions alone — a multi-turn
     trajectory's observations (retrieved passages, tool results) get no (V,) row of logits.
+
+    ``share_prompts`` (with ``only``, on such a model): rows with the same prompt (the G samples
+    of a group) run the decoder over it once (:func:`shared_prompt_hidden`), when that saves at
+    least :data:`SHARE_MIN_SAVING` of the batch's tokens. The logprobs equal the whole-sequence
+    pass up to float rounding, and so do the gradients (they flow back through the shared keys
+    and values into the prompt's single pass).
     """
     if only is not None and (parts := plain_head(model)) is not None:
-        return _selected_logprobs(*parts, batch, temperature, with_entropy, entropy_grad, only)
+        return _selected_logprobs(*parts, batch, temperature, with_entropy, entropy_grad, only,
+                                  share_prompts and not _checkpointed(model))
     T = batch.input_ids.shape[1]
     start = first_scored_column(batch)
     kw = {}
@@ -172,16 +179,22 @@ def token_logprobs(model, batch: Batch, temperature: float = 1.0, *, with_entrop
 
 
 def _selected_logprobs(decoder, head, batch: Batch, temperature: float, with_entropy: bool,
-                       entropy_grad: bool, only: torch.Tensor
+                       entropy_grad: bool, only: torch.Tensor, share_prompts: bool = False
                        ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """:func:`token_logprobs` at the ``only`` tokens: the decoder over the whole batch, the head,
-    logsumexp and gather on the N selected positions (N, V) only."""
-    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                     use_cache=False).last_hidden_state  # (B, T, H)
+    """:func:`token_logprobs` at the ``only`` tokens: the decoder over the whole batch (or each
+    distinct prompt once, then every row's remainder), the head, logsumexp and gather on the N
+    selected positions (N, V) only."""
     want = only > 0
     want[:, 0] = False  # column 0 has no prediction
     rows, cols = want.nonzero(as_tuple=True)  # (N,) each: token (rows, cols) is predicted at cols-1
-    logits = head(hidden[rows, cols - 1]).float()  # (N, V)
+    groups = shared_prompts(batch) if share_prompts else None
+    if groups is not None:
+        picked = shared_prompt_hidden(decoder, batch, *groups, rows, cols - 1)  # (N, H)
+    else:
+        hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         use_cache=False).last_hidden_state  # (B, T, H)
+        picked = hidden[rows, cols - 1]  # (N, H)
+    logits = head(picked).float()  # (N, V)
     if temperature and temperature != 1.0:
         logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)  # (N,)
@@ -198,6 +211,66 @@ def _selected_logprobs(decoder, head, batch: Batch, temperature: float, with_ent
                              for c, c_lse in zip(logits.split(1024), lse.split(1024))]
                             ) if len(lse) else lse.detach()
     return logprobs, zeros.index_put((rows, cols), ent)
+
+
+SHARE_MIN_SAVING = 0.1  # the share of a batch's tokens a shared prompt pass must save to run
+
+
+def shared_prompts(batch: Batch) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """(U,) one row of each distinct prompt (``input_ids`` before ``prompt_lens``) and (B,) the
+    index of each row's prompt among them; None when sharing would save less than
+    :data:`SHARE_MIN_SAVING` of the batch's real tokens."""
+    B, P = len(batch), int(batch.prompt_lens.max()) if len(batch) else 0
+    if B < 2 or P == 0:
+        return None
+    col = torch.arange(P, device=batch.input_ids.device)
+    key = batch.input_ids[:, :P].masked_fill(col[None] >= batch.prompt_lens[:, None], -1)  # (B, P)
+    key = torch.cat([batch.prompt_lens[:, None], key], 1)  # a prompt is its length and its ids
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)  # (B,)
+    U = int(inverse.max()) + 1
+    first = torch.full((U,), B, dtype=torch.long, device=inverse.device).scatter_reduce(
+        0, inverse, torch.arange(B, device=inverse.device), "amin")  # (U,) first row of each
+    saved = int(batch.prompt_lens.sum()) - int(batch.prompt_lens[first].sum())
+    if saved < SHARE_MIN_SAVING * int(batch.lengths.sum()):
+        return None
+    return first, inverse
+
+
+def shared_prompt_hidden(decoder, batch: Batch, first: torch.Tensor, inverse: torch.Tensor,
+                         rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """The decoder's last hidden state (N, H) at positions (``rows``, ``cols``) of the batch,
+    computed with each distinct prompt once: a pass over the U prompts (right padded) keeps
+    their keys and values, every row gets its prompt's cache rows, and a second pass runs each
+    row's tokens after its prompt on them (causal, at their own positions). Prefix sharing as
+    in "Prefix Grouper" (arXiv:2506.05433): the same attention, fewer prompt tokens computed."""
+    from rlvr.engines.hf import forward_kwargs
+    from rlvr.engines.kv_cache import new_cache
+
+    dev = batch.input_ids.device
+    plen = batch.prompt_lens  # (B,)
+    P = int(plen[first].max())
+    col = torch.arange(P, device=dev)
+    p_mask = (col[None] < plen[first][:, None]).long()  # (U, P), right padded
+    cache_kw = forward_kwargs(decoder)[0]
+    cache = new_cache(decoder)
+    head_h = decoder(input_ids=batch.input_ids[first, :P], attention_mask=p_mask, use_cache=True,
+                     **{cache_kw: cache}).last_hidden_state  # (U, P, H)
+    cache.batch_select_indices(inverse)  # (B, ...) each row's prompt keys and values
+    S = max(int((batch.lengths - plen).max()), 1)
+    tail_col = plen[:, None] + torch.arange(S, device=dev)[None]  # (B, S) the columns after it
+    tail_mask = (tail_col < batch.lengths[:, None]).long()
+    tail_ids = batch.input_ids.gather(1, tail_col.clamp(max=batch.input_ids.shape[1] - 1))
+    tail_h = decoder(input_ids=tail_ids * tail_mask, attention_mask=torch.cat([p_mask[inverse], tail_mask], 1),
+                     position_ids=tail_col, use_cache=True, **{cache_kw: cache}).last_hidden_state  # (B, S, H)
+    in_prompt = cols < plen[rows]  # (N,) the prompt's last position predicts the first token after it
+    from_head = head_h[inverse[rows], cols.clamp(max=P - 1)]  # (N, H)
+    from_tail = tail_h[rows, (cols - plen[rows]).clamp(min=0)]  # (N, H)
+    return torch.where(in_prompt[:, None], from_head, from_tail)
+
+
+def _checkpointed(model) -> bool:
+    """Whether activation checkpointing is on (its layers drop the cache a shared pass needs)."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
 def first_scored_column(batch: Batch) -> int:

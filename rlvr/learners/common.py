@@ -248,7 +248,7 @@ def forward_logprobs(s: Session, batch: Batch, *, reference: bool = False) -> to
         for idx, mb in zip(order.split(size), batch.split(size, by_length=buckets)):
             mb = mb.to(s.device)
             lp, _ = token_logprobs(model, mb, policy_temperature(s.cfg), with_entropy=False,
-                                   only=mb.loss_mask)
+                                   only=mb.loss_mask, share_prompts=s.cfg.rl.share_prompts)
             out[idx, :lp.shape[1]] = lp.float().cpu()
     model.train(was)
     return out
@@ -304,7 +304,7 @@ def policy_loss_terms(s: Session, mb: Batch, algo, *, kl_coef: float
     with s.compute():
         lp, ent = token_logprobs(s.model, mb, policy_temperature(cfg), with_entropy=True,
                                  entropy_grad=bool(cfg.rl.entropy_coef),  # else a diagnostic only
-                                 only=mb.loss_mask)
+                                 only=mb.loss_mask, share_prompts=cfg.rl.share_prompts)
     per_token, was_clipped = algo.policy_loss(lp, mb, cfg.rl)
     if mb.is_weights is not None:
         per_token = per_token * mb.is_weights
