@@ -11,9 +11,11 @@ One run = one ``rlvr.rollout.episodes.collect`` per kind on a seeded random tiny
   ``hf_generate``, transformers' ``model.generate`` on the same prompts and samples;
 - ``single_stop``: one turn that ends at the stop string ``e`` (frequent in random text, so turns
   are short and ragged) within ``--turn-tokens``;
-- ``multi``: the same turns, ``--turns`` of them, an 8-token observation appended after each.
-  Its tokens/s over ``single_stop``'s is what the extra turns cost per sampled token (observation
-  prefills, kept caches, environment steps), the raggedness of the turns being the same.
+- ``multi``: the same turns, ``--turns`` of them, an observation appended after each (16 tokens
+  with the tiny tokenizer). Its tokens/s over ``single_stop``'s is what the extra turns cost per
+  sampled token (observation prefills, kept caches, environment steps), the raggedness of the
+  turns being the same; ``fed_tokens_per_s`` counts every token the model ran over (prefill with
+  its padding, and decode), so its ratio says how fast the extra tokens themselves went.
 
 ``--before DIR`` (a ``git worktree`` of an older commit) runs the same job with that tree's
 ``rlvr`` first on ``PYTHONPATH``, alternating before/after runs in fresh processes so both see the
@@ -95,7 +97,8 @@ def one_run(args) -> dict:
         sampled = sum(t.num_sampled for t in trajs)
         out[name] = {"seconds": dt, "sampled_tokens": sampled, "tokens_per_s": sampled / dt,
                      "turns": sum(len(t.turns) for t in trajs), "prefill_tokens": fed["prefill"],
-                     "decode_tokens": fed["decode"], "forward_calls": fed["calls"]}
+                     "decode_tokens": fed["decode"], "forward_calls": fed["calls"],
+                     "fed_tokens_per_s": (fed["prefill"] + fed["decode"]) / dt}
     handle.remove()
     out["hf_generate"] = raw_generate(model, tok, tasks, args)
     return out
@@ -172,6 +175,10 @@ def main(argv=None) -> int:
     tps = {k: v["tokens_per_s"] for k, v in result["after"].items()}
     result["ratios_tokens_per_s"] = {"multi / single_stop": tps["multi"] / tps["single_stop"],
                                      "single / hf_generate": tps["single"] / tps["hf_generate"]}
+    fed = {k: v["fed_tokens_per_s"] for k, v in result["after"].items() if "fed_tokens_per_s" in v}
+    # every token the model ran over (prefill, with padding, and decode) per second: a turn's
+    # observation is prefilled work the single-turn rollout does not have
+    result["ratios_fed_tokens_per_s"] = {"multi / single_stop": fed["multi"] / fed["single_stop"]}
     if before:
         result["before"] = median_table(before)
         result["speedup_tokens_per_s"] = {
