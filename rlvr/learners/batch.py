@@ -24,6 +24,7 @@ import torch
 from rlvr.core.models import plain_head
 from rlvr.core.types import Trajectory
 from rlvr.engines.hf import forward_kwargs
+from rlvr.engines.kv_cache import new_cache
 
 
 @dataclass
@@ -243,9 +244,6 @@ def shared_prompt_hidden(decoder, batch: Batch, first: torch.Tensor, inverse: to
     their keys and values, every row gets its prompt's cache rows, and a second pass runs each
     row's tokens after its prompt on them (causal, at their own positions). Prefix sharing as
     in "Prefix Grouper" (arXiv:2506.05433): the same attention, fewer prompt tokens computed."""
-    from rlvr.engines.hf import forward_kwargs
-    from rlvr.engines.kv_cache import new_cache
-
     dev = batch.input_ids.device
     plen = batch.prompt_lens  # (B,)
     P = int(plen[first].max())
