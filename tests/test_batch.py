@@ -143,12 +143,21 @@ def test_shared_prompts_give_the_whole_pass_logprobs_and_gradients(kind, tiny_mo
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
 
 
-def test_prompts_are_shared_only_where_it_saves(tiny_model):
+def test_prompts_are_shared_only_where_it_saves(tiny_model, tiny_tokenizer, monkeypatch):
     import rlvr.learners.batch as batch_mod
     from rlvr.learners.runtime import activation_checkpointing
+    from tests.test_fast_decode import tiny
 
     distinct = collate([_traj([5 + i, 6], [7, 8, 9]) for i in range(4)], pad_token_id=0)
     assert batch_mod.shared_prompts(distinct) is None  # nothing to share
+    no_prompt = collate([_traj([], [7, 8, 9]), _traj([5, 6, 7, 8], [9]), _traj([5, 6, 7, 8], [10])], 0)
+    assert batch_mod.shared_prompts(no_prompt) is None  # a row without a prompt: nothing kept
+    runs, real = [], batch_mod.shared_prompt_hidden
+    monkeypatch.setattr(batch_mod, "shared_prompt_hidden", lambda *a: (runs.append(1), real(*a))[1])
+    windowed = tiny("mistral_window", tiny_tokenizer)  # a sliding window: the whole pass runs
+    with torch.no_grad():
+        token_logprobs(windowed, _grouped_batch(), only=_grouped_batch().loss_mask, share_prompts=True)
+    assert runs == []
     # one shared 1-token prompt in rows of 12 tokens: 1 token saved of 24 (under a tenth)
     short = collate([_traj([5], list(range(20, 31))), _traj([5], list(range(40, 51)))], pad_token_id=0)
     assert batch_mod.shared_prompts(short) is None

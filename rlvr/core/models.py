@@ -356,6 +356,14 @@ def pick_device(setting: str = "auto", field: str = "run.device") -> str:
 PLAIN_HEAD_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
 
 
+def full_attention(config) -> bool:
+    """Whether every layer of the model attends over every earlier token (no sliding window)."""
+    if any(t != "full_attention" for t in (getattr(config, "layer_types", None) or [])):
+        return False
+    return not (getattr(config, "use_sliding_window", False) or (
+        getattr(config, "model_type", None) == "mistral" and getattr(config, "sliding_window", None)))
+
+
 def plain_head(model):
     """(decoder, output embedding) of a causal LM in :data:`PLAIN_HEAD_MODEL_TYPES` (a PEFT
     wrapper is looked through), or None: other models, and FSDP-sharded ones (whose root forward

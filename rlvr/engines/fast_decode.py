@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlvr.core.models import plain_head
+from rlvr.core.models import full_attention, plain_head
 
 BLOCK = 64  # key/value slots added at a time when a row's buffer is full
 # A model whose q/k/v and gate/up weights take at most this much gets them concatenated once per
@@ -140,10 +140,7 @@ class FastDecoder:
         cfg = model.config
         if getattr(cfg, "_attn_implementation", "sdpa") not in ("sdpa", "eager", None):
             return False
-        if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
-            return False
-        if getattr(cfg, "use_sliding_window", False) or (
-                cfg.model_type == "mistral" and getattr(cfg, "sliding_window", None)):
+        if not full_attention(cfg):
             return False
         return all(hasattr(layer, "self_attn") and hasattr(layer, "mlp")
                    for layer in getattr(parts[0], "layers", [None]))

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from rlvr.core.models import plain_head
+from rlvr.core.models import full_attention, plain_head
 from rlvr.core.types import Trajectory
 from rlvr.engines.hf import forward_kwargs
 from rlvr.engines.kv_cache import new_cache
@@ -141,15 +141,16 @@ def token_logprobs(model, batch: Batch, temperature: float = 1.0, *, with_entrop
     (:func:`plain_head`), the head then runs on those tokens' positions alone — a multi-turn
     trajectory's observations (retrieved passages, tool results) get no (V,) row of logits.
 
-    ``share_prompts`` (with ``only``, on such a model): rows with the same prompt (the G samples
-    of a group) run the decoder over it once (:func:`shared_prompt_hidden`), when that saves at
-    least :data:`SHARE_MIN_SAVING` of the batch's tokens. The logprobs equal the whole-sequence
+    ``share_prompts`` (with ``only``, on such a model with full attention in every layer, not
+    under activation checkpointing): rows with the same prompt (the G samples of a group) run
+    the decoder over it once (:func:`shared_prompt_hidden`), when that saves at least
+    :data:`SHARE_MIN_SAVING` of the batch's tokens. The logprobs equal the whole-sequence
     pass up to float rounding, and so do the gradients (they flow back through the shared keys
     and values into the prompt's single pass).
     """
     if only is not None and (parts := plain_head(model)) is not None:
-        return _selected_logprobs(*parts, batch, temperature, with_entropy, entropy_grad, only,
-                                  share_prompts and not _checkpointed(model))
+        share = share_prompts and full_attention(model.config) and not _checkpointed(model)
+        return _selected_logprobs(*parts, batch, temperature, with_entropy, entropy_grad, only, share)
     T = batch.input_ids.shape[1]
     start = first_scored_column(batch)
     kw = {}
@@ -222,7 +223,7 @@ def shared_prompts(batch: Batch) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
     index of each row's prompt among them; None when sharing would save less than
     :data:`SHARE_MIN_SAVING` of the batch's real tokens."""
     B, P = len(batch), int(batch.prompt_lens.max()) if len(batch) else 0
-    if B < 2 or P == 0:
+    if B < 2 or int(batch.prompt_lens.min()) < 1:  # a row without a prompt has nothing to share
         return None
     col = torch.arange(P, device=batch.input_ids.device)
     key = batch.input_ids[:, :P].masked_fill(col[None] >= batch.prompt_lens[:, None], -1)  # (B, P)
