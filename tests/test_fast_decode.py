@@ -12,7 +12,6 @@ import torch
 from rlvr.core.config import RolloutConfig
 from rlvr.core.types import Task
 from rlvr.engines.base import SamplingParams
-from rlvr.engines import fast_decode
 from rlvr.engines.fast_decode import BLOCK, FastDecoder
 from rlvr.engines.hf import HFEngine
 from rlvr.rollout.episodes import collect
@@ -26,7 +25,7 @@ def tiny(kind, tok):
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     config = {"qwen2": lambda: transformers.Qwen2Config(**common),
-              # frequencies rescaled past 32 positions: the rotary table must not be used
+              # frequencies rescaled past 32 positions, as the model's own call does
               "llama_dynamic_rope": lambda: transformers.LlamaConfig(**{
                   **common, "max_position_embeddings": 32,
                   "rope_parameters": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}}),
@@ -39,12 +38,9 @@ def tiny(kind, tok):
         return transformers.AutoModelForCausalLM.from_config(config)
 
 
-@pytest.fixture(params=["llama", "qwen2", "qwen3", "llama_dynamic_rope", "llama_unfused"])
-def model(request, tiny_model, tiny_tokenizer, monkeypatch):
-    if request.param == "llama_unfused":  # as a model too large to concatenate weights per call
-        monkeypatch.setattr(fast_decode, "FUSE_MAX_BYTES", 0)
-    return tiny_model if request.param.startswith("llama_un") or request.param == "llama" \
-        else tiny(request.param, tiny_tokenizer)
+@pytest.fixture(params=["llama", "qwen2", "qwen3", "llama_dynamic_rope"])
+def model(request, tiny_model, tiny_tokenizer):
+    return tiny_model if request.param == "llama" else tiny(request.param, tiny_tokenizer)
 
 
 def generate_both(model, tok, prompts, params):

@@ -12,9 +12,7 @@ rounding (the test compares the two paths).
 A later turn's new tokens (the observation, after the last sampled token) go in through
 :meth:`FastDecoder.extend`: the kept rows are gathered straight into its buffers and the new
 tokens run causally over them with the attention call transformers makes for several queries,
-so the turn costs one copy of the kept keys and values, not three. On a small model the q/k/v
-and gate/up products run as one product each (weights concatenated once per call,
-:data:`FUSE_MAX_BYTES`), and the rotary (cos, sin) come from one table per call.
+so the turn costs one copy of the kept keys and values, not three.
 
 It applies to the model types whose layers are exactly Llama's (``llama``, ``qwen2``, ``mistral``,
 and ``qwen3`` with its per-head q/k norms), full attention on every layer, the ``sdpa`` or
@@ -30,11 +28,6 @@ import torch.nn.functional as F
 from rlvr.core.models import full_attention, plain_head
 
 BLOCK = 64  # key/value slots added at a time when a row's buffer is full
-# A model whose q/k/v and gate/up weights take at most this much gets them concatenated once per
-# call (three products and two become one each): on a small model a step costs per-operation
-# overhead more than arithmetic. A larger one keeps its separate products rather than copy its
-# weights each call.
-FUSE_MAX_BYTES = 32 << 20
 
 
 def _linear(module):
@@ -48,48 +41,6 @@ def _linear(module):
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def _fused(linears):
-    """Plain ``nn.Linear`` layers of one input as one function computing all their outputs with
-    one matrix product (their weights concatenated now, as they are for this call); None if one
-    of them is not a plain ``nn.Linear`` (a LoRA layer) or only some have a bias."""
-    if any(type(m) is not torch.nn.Linear for m in linears):
-        return None
-    if len({m.bias is None for m in linears}) > 1:
-        return None
-    with torch.no_grad():
-        w = torch.cat([m.weight for m in linears])
-        b = None if linears[0].bias is None else torch.cat([m.bias for m in linears])
-    sizes = [m.out_features for m in linears]
-    return lambda x: F.linear(x, w, b).split(sizes, dim=-1)
-
-
-def _mlp(mlp):
-    """Llama's gated MLP, ``down(act(gate(x)) * up(x))``, with gate and up as one product; None
-    for an MLP of another shape."""
-    if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj", "act_fn")):
-        return None
-    gate_up, down, act = _fused([mlp.gate_proj, mlp.up_proj]), _linear(mlp.down_proj), mlp.act_fn
-    if gate_up is None:
-        return None
-
-    def forward(x):
-        g, u = gate_up(x)
-        return down(act(g) * u)
-    return forward
-
-
-def _fusable_bytes(layers) -> int:
-    """Bytes of the q/k/v and gate/up weights that :func:`_fused` would copy for one call."""
-    names = ("q_proj", "k_proj", "v_proj")
-    total = 0
-    for layer in layers:
-        mods = [getattr(layer.self_attn, n, None) for n in names]
-        mods += [getattr(layer.mlp, n, None) for n in ("gate_proj", "up_proj")]
-        total += sum(m.weight.numel() * m.weight.element_size() for m in mods
-                     if isinstance(m, torch.nn.Linear))
-    return total
 
 
 class FastDecoder:
@@ -110,23 +61,12 @@ class FastDecoder:
         cfg = model.config
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.groups = cfg.num_attention_heads // cfg.num_key_value_heads
-        fuse = _fusable_bytes(self.decoder.layers) <= FUSE_MAX_BYTES
         self.layers = []
         for layer in self.decoder.layers:
-            a, mlp = layer.self_attn, layer.mlp
-            qkv = _fused([a.q_proj, a.k_proj, a.v_proj]) if fuse else None
-            if qkv is None:
-                q, k, v = _linear(a.q_proj), _linear(a.k_proj), _linear(a.v_proj)
-                qkv = lambda h, q=q, k=k, v=v: (q(h), k(h), v(h))  # noqa: E731
-            self.layers.append((layer.input_layernorm, qkv, getattr(a, "q_norm", None),
-                                getattr(a, "k_norm", None), _linear(a.o_proj),
-                                layer.post_attention_layernorm, (_mlp(mlp) if fuse else None) or mlp,
-                                a.scaling))
-        rope = self.decoder.rotary_emb
-        # positions -> (cos, sin) as one table per call, where the frequencies do not depend on
-        # how long the sequence is (the "dynamic" and "longrope" types rescale them)
-        self.rope_table = getattr(rope, "rope_type", None) in ("default", "linear", "llama3")
-        self._cos = self._sin = None
+            a = layer.self_attn
+            self.layers.append((layer.input_layernorm, _linear(a.q_proj), _linear(a.k_proj),
+                                _linear(a.v_proj), getattr(a, "q_norm", None), getattr(a, "k_norm", None),
+                                _linear(a.o_proj), layer.post_attention_layernorm, layer.mlp, a.scaling))
         self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.length = 0
 
@@ -204,11 +144,12 @@ class FastDecoder:
             mask[:, new, slot + new] |= ~own[:, slot:]
             mask = mask[:, None]  # (b, 1, n, end)
         x = self.decoder.embed_tokens(ids)  # (b, n, H)
-        cos, sin = self._rotary(x, pos, end)
+        cos, sin = self.decoder.rotary_emb(x, position_ids=pos)  # (b, n, D) each
         cos, sin = cos[:, None], sin[:, None]  # (b, 1, n, D)
-        for (norm1, qkv, q_norm, k_norm, o_proj, norm2, mlp, scale), (kb, vb) in zip(self.layers, self.kv):
-            q, k, v = qkv(norm1(x))
-            q, k, v = q.view(b, n, -1, D), k.view(b, n, -1, D), v.view(b, n, -1, D)
+        for (norm1, q_proj, k_proj, v_proj, q_norm, k_norm, o_proj, norm2, mlp, scale), (kb, vb) in zip(
+                self.layers, self.kv):
+            h = norm1(x)
+            q, k, v = q_proj(h).view(b, n, -1, D), k_proj(h).view(b, n, -1, D), v_proj(h).view(b, n, -1, D)
             if q_norm is not None:
                 q, k = q_norm(q), k_norm(k)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (b, heads, n, D)
@@ -227,18 +168,6 @@ class FastDecoder:
             x = x + mlp(norm2(x))
         self.length = end
         return self.head(self.decoder.norm(x[:, -1:])[:, 0]).float()  # (b, V)
-
-    def _rotary(self, x: torch.Tensor, pos: torch.Tensor, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin) (b, n, D) of the rotary embedding at positions ``pos`` (b, n). A position is
-        never past its slot (slots also hold padding), so a table of ``end`` positions covers them."""
-        rope = self.decoder.rotary_emb
-        if not self.rope_table:
-            return rope(x, position_ids=pos)
-        if self._cos is None or self._cos.shape[0] < end:
-            at = torch.arange(end + BLOCK, device=x.device)[None]
-            cos, sin = rope(x, position_ids=at)  # (1, L, D) each
-            self._cos, self._sin = cos[0], sin[0]
-        return self._cos[pos], self._sin[pos]
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
