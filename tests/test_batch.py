@@ -111,13 +111,19 @@ def _grouped_batch():
     return collate(rows, pad_token_id=0)
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "llama_lora"])
 def test_shared_prompts_give_the_whole_pass_logprobs_and_gradients(kind, tiny_model, tiny_tokenizer,
                                                                    monkeypatch):
     import rlvr.learners.batch as batch_mod
+    from rlvr.core.models import build_tiny_model
     from tests.test_fast_decode import tiny
 
-    model = tiny_model if kind == "llama" else tiny(kind, tiny_tokenizer)
+    if kind == "llama_lora":  # a PEFT model: the decoder is looked up through the wrapper
+        peft = pytest.importorskip("peft")
+        model = peft.get_peft_model(build_tiny_model(tiny_tokenizer), peft.LoraConfig(
+            r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    else:
+        model = tiny_model if kind == "llama" else tiny(kind, tiny_tokenizer)
     batch = _grouped_batch()
     first, inverse = batch_mod.shared_prompts(batch)
     groups = "ababcaba"  # the rows' prompts
@@ -133,7 +139,8 @@ def test_shared_prompts_give_the_whole_pass_logprobs_and_gradients(kind, tiny_mo
         model.zero_grad(set_to_none=True)
         lp, ent = token_logprobs(model, batch, 0.7, only=batch.loss_mask, share_prompts=share)
         ((lp * w).sum() + ent.sum()).backward()
-        out.append((lp.detach(), ent.detach(), [p.grad.clone() for p in model.parameters()]))
+        out.append((lp.detach(), ent.detach(), [p.grad.clone() for p in model.parameters()
+                                                if p.grad is not None]))
     assert runs == [3]  # the shared pass ran, once, over the 3 distinct prompts
     (lp0, ent0, g0), (lp1, ent1, g1) = out
     assert lp0.abs().sum() > 0
