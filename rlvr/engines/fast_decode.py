@@ -174,4 +174,3 @@ def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     """(b, H_kv, L, D) -> (b, H_kv * groups, L, D), each key/value head once per query head."""
     b, h, L, D = x.shape
     return x[:, :, None].expand(b, h, groups, L, D).reshape(b, h * groups, L, D)
-

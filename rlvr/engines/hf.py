@@ -128,7 +128,7 @@ class HFEngine:
         matcher = _StopMatcher(self.tokenizer, params.stop)
         table = self._stop_table(matcher.stops, logits.shape[-1], dev) if matcher.active else None
         prefill_len = attn.shape[1]
-        droppable = not isinstance(dec, _ModelCall) or dec.store() is not None
+        droppable = dec.store() is not None  # None: not a plain cache (model(...) on its own)
         act, act_l = torch.arange(b, device=dev), list(range(b))  # the rows still being fed
         parts: list[tuple] = []  # (keys and values, attention mask, rows) of each group of rows
         live = b

@@ -83,7 +83,7 @@ def gather_kv(stores: list[KVStore | None], index: list[int], keep: list[int], d
     for j, (st, k) in enumerate(zip(stores, keep)):
         if k:
             groups.setdefault(id(st), (st, []))[1].append(j)
-    out: list[list[torch.Tensor]] = []
+    out: list[tuple[torch.Tensor, torch.Tensor]] = []
     for st, targets in groups.values():
         rows = torch.tensor([index[j] for j in targets], device=dev)
         k = torch.tensor([keep[j] for j in targets], device=dev)
@@ -100,9 +100,9 @@ def gather_kv(stores: list[KVStore | None], index: list[int], keep: list[int], d
         past[tgt] = slots >= 0
         P = slots.clamp(min=0)  # (n, Lc)
         if not out:
-            out = [[kv.new_zeros((b, kv.shape[1], Lc + room, kv.shape[3])) for kv in layer]
+            out = [tuple(kv.new_zeros((b, kv.shape[1], Lc + room, kv.shape[3])) for kv in layer)
                    for layer in st.layers]
         for dst, layer in zip(out, st.layers):
             for d, kv in zip(dst, layer):  # kv[rows, :, P]: (n, Lc, H, D)
                 d[tgt, :, :Lc] = kv[rows[:, None], :, P].permute(0, 2, 1, 3)
-    return [(k, v) for k, v in out], past
+    return out, past
