@@ -115,6 +115,17 @@ def test_a_setting_an_algorithm_cannot_honour_is_refused(tmp_path, algorithm, rl
         resolve_settings(ALGORITHMS.get(algorithm), _cfg(tmp_path, algorithm, **rl))
 
 
+@pytest.mark.parametrize("config", ["sft_tiny", "rm_tiny", "dpo_tiny"])
+def test_offline_learners_refuse_on_policy_settings(config):
+    from rlvr.core.config import load_config
+
+    load_config(config, [])  # as shipped: accepted
+    with pytest.raises(ValueError, match=r"rl.share_prompts = False does not apply to (sft|rm|dpo)"):
+        load_config(config, ["--rl.share_prompts", "false"])
+    with pytest.raises(ValueError, match=r"rl.kl_coef = 0.5 does not apply"):
+        load_config(config, ["--rl.kl_coef", "0.5"])
+
+
 def test_algorithm_defaults_apply_only_where_the_config_left_the_global_default(tmp_path):
     cfg, notes = resolve_settings(ALGORITHMS.get("gspo"), _cfg(tmp_path, "gspo"))
     assert (cfg.rl.clip_low, cfg.rl.clip_high, cfg.rl.loss_agg) == (3e-4, 4e-4, "seq-mean-token-mean")

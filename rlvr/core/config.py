@@ -8,7 +8,7 @@ flat with dotted keys (``rollout.samples_per_prompt: 8``); the command line take
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -355,6 +355,10 @@ class TrainConfig:
         check = getattr(learner, "check_settings", None)  # on-policy algorithms declare their settings
         if check is not None:
             check(self)  # a setting it cannot honour is refused before any load
+        elif changed := [f.name for f in fields(RLConfig) if getattr(self.rl, f.name) != getattr(RLConfig(), f.name)]:
+            k = changed[0]  # an offline learner (sft, rm, dpo) reads no rl.* setting
+            raise ValueError(f"rl.{k} = {getattr(self.rl, k)!r} does not apply to {self.algorithm}: "
+                             f"rl.* settings are read by the on-policy algorithms only (rlvr list)")
         return self
 
 

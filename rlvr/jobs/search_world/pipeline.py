@@ -109,6 +109,14 @@ class DefaultJobConfig(TrainConfig):
     sft: SFTSection = field(default_factory=SFTSection)
     eval: EvalSection = field(default_factory=EvalSection)
 
+    def validate(self) -> "DefaultJobConfig":
+        """The job's own limits first: they name the job, where the learner's checks would name a
+        setting the job never meant to change."""
+        if self.algorithm not in ("grpo", "ppo", "rloo", "reinforce"):
+            raise ValueError(f"algorithm {self.algorithm!r}: the default job runs an on-policy learner "
+                             f"(grpo, ppo, rloo or reinforce)")
+        return super().validate()
+
 
 def is_job_recipe(path: str | Path) -> bool:
     """Whether a config file is a default-job recipe (it has a ``world`` section)."""
@@ -130,9 +138,6 @@ def load_job_config(overrides: list[str] | None = None, output_dir: str | None =
     if no_mask:
         extra += ["--rl.mask_observations", "false"]
     cfg = load_config(recipe, extra, schema=DefaultJobConfig)
-    if cfg.algorithm not in ("grpo", "ppo", "rloo", "reinforce"):
-        raise ValueError(f"algorithm {cfg.algorithm!r}: the default job runs an on-policy learner "
-                         f"(grpo, ppo, rloo or reinforce)")
     if cfg.model.name_or_path != "world":
         raise ValueError(f"model.name_or_path {cfg.model.name_or_path!r}: the default job trains the "
                          f"tiny model on the world's own tokenizer ('world'); for other models give a "
