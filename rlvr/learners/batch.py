@@ -25,6 +25,7 @@ from rlvr.core.models import full_attention, plain_head
 from rlvr.core.types import Trajectory
 from rlvr.engines.hf import forward_kwargs
 from rlvr.engines.kv_cache import new_cache
+from rlvr.learners.fused_head import fused_head_applies, head_logprobs
 
 
 @dataclass
@@ -196,12 +197,15 @@ def _selected_logprobs(decoder, head, batch: Batch, temperature: float, with_ent
         hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                          use_cache=False).last_hidden_state  # (B, T, H)
         picked = hidden[rows, cols - 1]  # (N, H)
+    zeros = torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=picked.device)  # (B, T)
+    if not (with_entropy and entropy_grad) and fused_head_applies(head):  # no (N, V) logits kept
+        lp, ent = head_logprobs(head, picked, batch.input_ids[rows, cols], temperature)
+        return zeros.index_put((rows, cols), lp), (zeros.index_put((rows, cols), ent) if with_entropy else None)
     logits = head(picked).float()  # (N, V)
     if temperature and temperature != 1.0:
         logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)  # (N,)
     lp = logits.gather(-1, batch.input_ids[rows, cols].unsqueeze(-1)).squeeze(-1) - lse  # (N,)
-    zeros = torch.zeros(batch.input_ids.shape, dtype=lp.dtype, device=lp.device)  # (B, T)
     logprobs = zeros.index_put((rows, cols), lp)
     if not with_entropy:
         return logprobs, None
