@@ -16,8 +16,6 @@ trains on it (``rl.entropy_coef``) takes the autograd path in :func:`rlvr.learne
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 
