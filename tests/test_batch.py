@@ -70,34 +70,33 @@ def test_only_scores_the_selected_tokens_as_the_whole_model_does(tiny_model, mon
     batch = collate([a, b], pad_token_id=0)
     m = batch.loss_mask.bool()
     decoder, head = plain_head(tiny_model)  # the tiny Llama takes the selected-positions path
-    rows = []
-    hook = head.register_forward_hook(lambda mod, args, out: rows.append(args[0].shape[:-1]))
-    fused = batch_mod.head_logprobs  # a diagnostic entropy: the head runs inside it, not as a module
-    monkeypatch.setattr(batch_mod, "head_logprobs", lambda head, h, *a: rows.append(h.shape[:-1]) or fused(head, h, *a))
+    rows = []  # (how the head ran, the positions it ran on); not a hook: a hooked head runs as a module
+    forward, fused = head.forward, batch_mod.head_logprobs
+    monkeypatch.setattr(head, "forward", lambda x: rows.append(("module", x.shape[:-1])) or forward(x))
+    monkeypatch.setattr(batch_mod, "head_logprobs",  # a diagnostic entropy: the chunked head pass
+                        lambda head, h, *a: rows.append(("chunked", h.shape[:-1])) or fused(head, h, *a))
     w = torch.linspace(-1, 1, batch.input_ids.numel()).view(batch.input_ids.shape)
-    try:
-        for entropy_grad in (True, False):
-            out = {}
-            for only in (None, batch.loss_mask):
-                tiny_model.zero_grad(set_to_none=True)
-                rows.clear()
-                lp, ent = token_logprobs(tiny_model, batch, 0.7, entropy_grad=entropy_grad, only=only)
-                loss = (lp * w * batch.loss_mask).sum() + (ent * batch.loss_mask).sum()
-                loss.backward()
-                out[only is None] = (lp.detach(), ent.detach(), rows[0],
-                                     [p.grad.clone() for p in tiny_model.parameters()])
-            (lp_all, ent_all, rows_all, g_all), (lp_sel, ent_sel, rows_sel, g_sel) = out[True], out[False]
-            torch.testing.assert_close(lp_sel[m], lp_all[m], rtol=0, atol=1e-5)
-            torch.testing.assert_close(ent_sel[m], ent_all[m], rtol=0, atol=1e-5)
-            assert lp_sel[~m].abs().sum() == 0 and ent_sel[~m].abs().sum() == 0
-            for x, y in zip(g_sel, g_all):
-                torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
-            assert g_all[0].abs().sum() > 0
-            # the head ran on the 5 sampled tokens' positions, not on 2 rows x 8 positions (b's
-            # prompt is 1 token, so the whole-model path starts at column 1 and keeps all 8)
-            assert tuple(rows_sel) == (5,) and tuple(rows_all) == (2, 8)
-    finally:
-        hook.remove()
+    for entropy_grad in (True, False):
+        out = {}
+        for only in (None, batch.loss_mask):
+            tiny_model.zero_grad(set_to_none=True)
+            rows.clear()
+            lp, ent = token_logprobs(tiny_model, batch, 0.7, entropy_grad=entropy_grad, only=only)
+            loss = (lp * w * batch.loss_mask).sum() + (ent * batch.loss_mask).sum()
+            loss.backward()
+            out[only is None] = (lp.detach(), ent.detach(), rows[0],
+                                 [p.grad.clone() for p in tiny_model.parameters()])
+        (lp_all, ent_all, rows_all, g_all), (lp_sel, ent_sel, rows_sel, g_sel) = out[True], out[False]
+        torch.testing.assert_close(lp_sel[m], lp_all[m], rtol=0, atol=1e-5)
+        torch.testing.assert_close(ent_sel[m], ent_all[m], rtol=0, atol=1e-5)
+        assert lp_sel[~m].abs().sum() == 0 and ent_sel[~m].abs().sum() == 0
+        for x, y in zip(g_sel, g_all):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+        assert g_all[0].abs().sum() > 0
+        # the head ran on the 5 sampled tokens' positions, not on 2 rows x 8 positions (b's
+        # prompt is 1 token, so the whole-model path starts at column 1 and keeps all 8)
+        assert rows_sel == ("module" if entropy_grad else "chunked", (5,))
+        assert rows_all == ("module", (2, 8))
     # a model outside the known plain-head types keeps the whole-model path
     assert plain_head(SimpleNamespace(config=SimpleNamespace(model_type="gemma2"))) is None
 

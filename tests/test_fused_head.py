@@ -65,7 +65,7 @@ def test_under_autocast_the_head_runs_in_the_autocast_dtype_forward_and_backward
     assert (got[1] - fp32[1]).abs().max() > 0  # bf16 really ran: it differs from the fp32 product
 
 
-def test_an_empty_selection_and_a_wrapped_head():
+def test_an_empty_selection_a_wrapped_head_and_a_hooked_one():
     head = torch.nn.Linear(8, 50)
     lp, ent = head_logprobs(head, torch.zeros(0, 8, requires_grad=True), torch.zeros(0, dtype=torch.long))
     assert lp.shape == ent.shape == (0,)
@@ -76,3 +76,7 @@ def test_an_empty_selection_and_a_wrapped_head():
 
     assert not fused_head_applies(Wrapped(8, 50))
     assert not fused_head_applies(torch.nn.Sequential(head))
+    handle = head.register_forward_hook(lambda m, i, o: o + 1.0)  # a hook that changes the logits
+    assert not fused_head_applies(head)
+    handle.remove()
+    assert fused_head_applies(head)

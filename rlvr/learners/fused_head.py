@@ -23,8 +23,14 @@ CHUNK = 1024  # rows of logits in memory at once: (CHUNK, V) fp32
 
 
 def fused_head_applies(head) -> bool:
-    """Whether ``head`` is a plain ``nn.Linear`` (a LoRA-wrapped or sharded head runs as a module)."""
-    return type(head) is torch.nn.Linear and type(head.weight) is torch.nn.Parameter
+    """Whether ``head`` is a plain ``nn.Linear`` with no forward hooks: a LoRA-wrapped or sharded
+    head, or one whose output a hook changes (a logit bias), runs as a module, as the engine runs it."""
+    from torch.nn.modules import module as nn_module
+
+    hooks = (head._forward_hooks, head._forward_pre_hooks, nn_module._global_forward_hooks,
+             nn_module._global_forward_pre_hooks) if isinstance(head, torch.nn.Module) else ()
+    return (type(head) is torch.nn.Linear and type(head.weight) is torch.nn.Parameter
+            and not any(hooks))
 
 
 def head_logprobs(head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor,
