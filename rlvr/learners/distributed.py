@@ -24,6 +24,7 @@ checkpoints; :mod:`rlvr.learners.sharding`). Checkpoints of either resume on any
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -172,10 +173,19 @@ def init_world(device: str) -> tuple[World, str]:
         return World(), device
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        atexit.register(_leave_group)  # a group left to the interpreter's teardown can abort the exit
     if device.startswith("cuda"):
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         torch.cuda.set_device(device)
     return World(dist.get_rank(), dist.get_world_size()), device
+
+
+def _leave_group() -> None:
+    """Destroy the process group this process joined, before the interpreter tears down: a gloo
+    group destroyed during teardown can end a finished run in SIGABRT ("terminate called without
+    an active exception") with its results written."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class NullLogger:
