@@ -74,7 +74,7 @@ def test_only_scores_the_selected_tokens_as_the_whole_model_does(tiny_model, mon
     forward, fused = head.forward, batch_mod.head_logprobs
     monkeypatch.setattr(head, "forward", lambda x: rows.append(("module", x.shape[:-1])) or forward(x))
     monkeypatch.setattr(batch_mod, "head_logprobs",  # a diagnostic entropy: the chunked head pass
-                        lambda head, h, *a: rows.append(("chunked", h.shape[:-1])) or fused(head, h, *a))
+                        lambda head, h, *a, **kw: rows.append(("chunked", h.shape[:-1])) or fused(head, h, *a, **kw))
     w = torch.linspace(-1, 1, batch.input_ids.numel()).view(batch.input_ids.shape)
     for entropy_grad in (True, False):
         out = {}

@@ -355,11 +355,14 @@ class TrainConfig:
         check = getattr(learner, "check_settings", None)  # on-policy algorithms declare their settings
         if check is not None:
             check(self)  # a setting it cannot honour is refused before any load
-        elif changed := [f.name for f in fields(RLConfig) if getattr(self.rl, f.name) != getattr(RLConfig(), f.name)]:
+        elif changed := [f.name for f in fields(RLConfig) if getattr(self.rl, f.name) != getattr(_RL_DEFAULTS, f.name)]:
             k = changed[0]  # an offline learner (sft, rm, dpo) reads no rl.* setting
             raise ValueError(f"rl.{k} = {getattr(self.rl, k)!r} does not apply to {self.algorithm}: "
                              f"rl.* settings are read by the on-policy algorithms only (rlvr list)")
         return self
+
+
+_RL_DEFAULTS = RLConfig()  # what an offline learner's rl.* settings must still be
 
 
 def _parse_cli_overrides(args: list[str]) -> list[str]:

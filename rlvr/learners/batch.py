@@ -199,8 +199,8 @@ def _selected_logprobs(decoder, head, batch: Batch, temperature: float, with_ent
         picked = hidden[rows, cols - 1]  # (N, H)
     zeros = torch.zeros(batch.input_ids.shape, dtype=torch.float32, device=picked.device)  # (B, T)
     if not (with_entropy and entropy_grad) and fused_head_applies(head):  # no (N, V) logits kept
-        lp, ent = head_logprobs(head, picked, batch.input_ids[rows, cols], temperature)
-        return zeros.index_put((rows, cols), lp), (zeros.index_put((rows, cols), ent) if with_entropy else None)
+        lp, ent = head_logprobs(head, picked, batch.input_ids[rows, cols], temperature, entropy=with_entropy)
+        return zeros.index_put((rows, cols), lp), (None if ent is None else zeros.index_put((rows, cols), ent))
     logits = head(picked).float()  # (N, V)
     if temperature and temperature != 1.0:
         logits = logits / temperature

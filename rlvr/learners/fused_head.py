@@ -16,6 +16,8 @@ trains on it (``rl.entropy_coef``) takes the autograd path in :func:`rlvr.learne
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -27,22 +29,25 @@ def fused_head_applies(head) -> bool:
     head, or one whose output a hook changes (a logit bias), runs as a module, as the engine runs it."""
     from torch.nn.modules import module as nn_module
 
-    hooks = (head._forward_hooks, head._forward_pre_hooks, nn_module._global_forward_hooks,
-             nn_module._global_forward_pre_hooks) if isinstance(head, torch.nn.Module) else ()
-    return (type(head) is torch.nn.Linear and type(head.weight) is torch.nn.Parameter
-            and not any(hooks))
+    if type(head) is not torch.nn.Linear or type(head.weight) is not torch.nn.Parameter:
+        return False
+    return not (head._forward_hooks or head._forward_pre_hooks or nn_module._global_forward_hooks
+                or nn_module._global_forward_pre_hooks)
 
 
 def head_logprobs(head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor,
-                  temperature: float = 1.0, chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N,) logprob of each ``targets`` token and (N,) entropy (no gradient) of the distribution
-    ``head(hidden) / temperature`` it was drawn from, fp32; ``hidden`` (N, H). Gradients reach
-    ``hidden`` and the head's weight and bias through the logprobs. Under autocast the head runs
-    in the autocast dtype, in the forward and in the backward's recomputation alike."""
+                  temperature: float = 1.0, chunk: int = CHUNK, *, entropy: bool = True
+                  ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(N,) logprob of each ``targets`` token and (N,) entropy (no gradient; None without
+    ``entropy``) of the distribution ``head(hidden) / temperature`` it was drawn from, fp32;
+    ``hidden`` (N, H). Gradients reach ``hidden`` and the head's weight and bias through the
+    logprobs. Under autocast the head runs in the autocast dtype, in the forward and in the
+    backward's recomputation alike."""
     dev = hidden.device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else head.weight.dtype
     t = float(temperature) if temperature else 1.0
-    return _HeadLogprobs.apply(hidden, head.weight, head.bias, targets, t, chunk, dtype)
+    lp, ent = _HeadLogprobs.apply(hidden, head.weight, head.bias, targets, t, chunk, dtype, entropy)
+    return lp, (ent if entropy else None)
 
 
 def _logits(h, weight, bias, t: float) -> torch.Tensor:
@@ -52,7 +57,7 @@ def _logits(h, weight, bias, t: float) -> torch.Tensor:
 
 class _HeadLogprobs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, t, chunk, dtype):
+    def forward(ctx, hidden, weight, bias, targets, t, chunk, dtype, entropy):
         w = weight.to(dtype)
         b = bias.to(dtype) if bias is not None else None
         lps, ents, lses = [], [], []
@@ -64,7 +69,8 @@ class _HeadLogprobs(torch.autograd.Function):
                 total = e.sum(-1, keepdim=True)  # (c, 1)
                 lse = m + total.log()  # (c, 1)
                 lps.append((z.gather(-1, y[:, None]) - lse).squeeze(1))
-                ents.append((lse - (e * z).sum(-1, keepdim=True) / total).squeeze(1))
+                if entropy:
+                    ents.append((lse - (e * z).sum(-1, keepdim=True) / total).squeeze(1))
                 lses.append(lse.squeeze(1))
         empty = hidden.new_zeros(0, dtype=torch.float32)
         lse = torch.cat(lses) if lses else empty
@@ -103,4 +109,4 @@ class _HeadLogprobs(torch.autograd.Function):
                     g_b += gz.sum(0)
         g_w = g_w.to(weight.dtype) if g_w is not None else None
         g_b = g_b.to(bias.dtype) if g_b is not None else None
-        return g_h, g_w, g_b, None, None, None, None
+        return g_h, g_w, g_b, None, None, None, None, None
