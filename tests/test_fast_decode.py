@@ -212,3 +212,44 @@ def test_other_models_drop_finished_rows_too(tiny_tokenizer, monkeypatch):
     for x, y in zip(*runs, strict=True):
         assert x.token_ids == y.token_ids and x.turns == y.turns
         assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-5)
+
+
+@pytest.mark.parametrize("where", ["mlp", "post_attention_layernorm", "self_attn.k_proj", "norm"])
+def test_a_hooked_module_is_called_as_a_module(tiny_tokenizer, where):
+    # the decode step calls a plain norm, MLP or projection as a function; one with a forward
+    # hook (which may change its output) must run as a module, as model(...) runs it
+    from rlvr.core.models import build_tiny_model
+
+    m = build_tiny_model(tiny_tokenizer, hidden_size=64, num_layers=2, seed=5)
+    module = m.model.norm if where == "norm" else m.model.layers[1].get_submodule(where)
+    calls = []
+
+    def shift(mod, args, out):
+        calls.append(out.shape[0])
+        return out + 0.5
+
+    module.register_forward_hook(shift)
+    prompts = [tiny_tokenizer.encode("What is 2+3?"), tiny_tokenizer.encode("Name a colour")] * 2
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=3)
+    slow, fast = generate_both(m, tiny_tokenizer, prompts, params)
+    assert_same(slow, fast)
+    decode_calls = [c for c in calls if c == len(prompts)]
+    assert len(decode_calls) >= 2 * 11  # every decode step of both engines went through the hook
+
+
+def test_static_rotary_embeddings_are_tabled_and_dynamic_ones_are_not(tiny_model, tiny_tokenizer):
+    static = FastDecoder(tiny_model)
+    static.positions(40)
+    cos, sin, swap = static.rope
+    assert cos.shape == (40, static.head_dim) and swap.tolist()[:2] == [static.head_dim // 2, static.head_dim // 2 + 1]
+    # the table is the model's own rotary embedding at those positions, and the half rotation
+    # (a gather times the signed sin) is transformers' rotate_half
+    ref_cos, ref_sin = tiny_model.model.rotary_emb(cos[None], position_ids=torch.arange(40)[None])
+    assert torch.equal(cos, ref_cos[0])
+    from transformers.models.llama.modeling_llama import rotate_half
+
+    x = torch.randn(3, 4, 40, static.head_dim)
+    assert torch.equal(x.index_select(-1, swap) * sin, rotate_half(x) * ref_sin[0])
+    dynamic = FastDecoder(tiny("llama_dynamic_rope", tiny_tokenizer))
+    dynamic.positions(40)
+    assert dynamic.rope is None  # its frequencies depend on how far a call reaches

@@ -364,6 +364,15 @@ def full_attention(config) -> bool:
         getattr(config, "model_type", None) == "mistral" and getattr(config, "sliding_window", None)))
 
 
+def unhooked(module) -> bool:
+    """Whether calling ``module``'s function instead of the module skips nothing: no forward or
+    forward-pre hooks on it, nor global ones (a hook may change the output: a logit bias)."""
+    from torch.nn.modules import module as nn_module
+
+    return not (module._forward_hooks or module._forward_pre_hooks or nn_module._global_forward_hooks
+                or nn_module._global_forward_pre_hooks)
+
+
 def plain_head(model):
     """(decoder, output embedding) of a causal LM in :data:`PLAIN_HEAD_MODEL_TYPES` (a PEFT
     wrapper is looked through), or None: other models, and FSDP-sharded ones (whose root forward

@@ -25,22 +25,72 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlvr.core.models import full_attention, plain_head
+from rlvr.core.models import full_attention, plain_head, unhooked
 
 BLOCK = 64  # key/value slots added at a time when a row's buffer is full
 
 
 def _linear(module):
-    """``module`` as a function: a plain ``nn.Linear`` through ``F.linear`` (no module call) on
-    the weights it holds when called, anything else (a LoRA layer) called as it is."""
-    if type(module) is torch.nn.Linear:
+    """``module`` as a function: a plain ``nn.Linear`` without hooks through ``F.linear`` (no
+    module call) on the weights it holds when called, anything else (a LoRA layer, a hooked
+    projection) called as it is."""
+    if type(module) is torch.nn.Linear and unhooked(module):
         return lambda x: F.linear(x, module.weight, module.bias)
     return module
+
+
+def _rms_norm(module):
+    """``module`` as a function: transformers' own RMSNorm (Llama's, or a copy of it: Qwen2's,
+    Qwen3's, Mistral's) without hooks through ``F.rms_norm``, one kernel where the module makes
+    seven (the same fp32 result bit for bit; other dtypes, and any other norm, call the module)."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    if module is None or not (_same_code(type(module).forward, LlamaRMSNorm.forward) and unhooked(module)):
+        return module
+
+    def norm(x):
+        w = module.weight
+        if x.dtype != torch.float32 or w.dtype != torch.float32:
+            return module(x)
+        return F.rms_norm(x, (x.shape[-1],), w, module.variance_epsilon)
+
+    return norm
+
+
+def _mlp(module):
+    """``module`` as a function: transformers' own gated MLP (Llama's, or a copy of it) without
+    hooks, its projections plain ``nn.Linear`` ones, through ``F.linear`` (four module calls
+    fewer per layer and token); any other MLP (a LoRA-wrapped projection) is called as it is."""
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    if not (_same_code(type(module).forward, LlamaMLP.forward) and unhooked(module)):
+        return module
+    projs = [getattr(module, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+    if any(type(p) is not torch.nn.Linear or not unhooked(p) for p in projs):
+        return module
+    gate, up, down = (_linear(p) for p in projs)
+    act = module.act_fn
+    return lambda x: down(act(gate(x)) * up(x))
+
+
+def _same_code(f, ref) -> bool:
+    """Whether function ``f`` is ``ref`` or a verbatim copy of it (transformers copies Llama's
+    modules into Qwen2's, Qwen3's and Mistral's files)."""
+    a, b = getattr(f, "__code__", None), ref.__code__
+    return a is not None and (a.co_code, a.co_names, a.co_consts) == (b.co_code, b.co_names, b.co_consts)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _static_rope(rotary) -> bool:
+    """Whether the rotary embedding's frequencies depend on the positions alone (not on how far
+    a call reaches, as a dynamic or long-rope scaling's do), so cos/sin can be tabled once."""
+    rope_type = getattr(rotary, "rope_type", "default")
+    return (isinstance(rope_type, str) and "dynamic" not in rope_type and rope_type != "longrope"
+            and unhooked(rotary))
 
 
 class FastDecoder:
@@ -64,11 +114,16 @@ class FastDecoder:
         self.layers = []
         for layer in self.decoder.layers:
             a = layer.self_attn
-            self.layers.append((layer.input_layernorm, _linear(a.q_proj), _linear(a.k_proj),
-                                _linear(a.v_proj), getattr(a, "q_norm", None), getattr(a, "k_norm", None),
-                                _linear(a.o_proj), layer.post_attention_layernorm, layer.mlp, a.scaling))
+            self.layers.append((_rms_norm(layer.input_layernorm), _linear(a.q_proj), _linear(a.k_proj),
+                                _linear(a.v_proj), _rms_norm(getattr(a, "q_norm", None)),
+                                _rms_norm(getattr(a, "k_norm", None)), _linear(a.o_proj),
+                                _rms_norm(layer.post_attention_layernorm), _mlp(layer.mlp), a.scaling))
+        self.norm = _rms_norm(self.decoder.norm)
         self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.length = 0
+        # (cos, sin signed for the half rotation) of every position below their length, and
+        # the gather that swaps a head's halves
+        self.rope: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @staticmethod
     def supports(model) -> bool:
@@ -114,6 +169,21 @@ class FastDecoder:
         """Keep only ``rows`` (in this order) in the buffers."""
         self.kv = [(k[rows], v[rows]) for k, v in self.kv]
 
+    def positions(self, n: int) -> None:
+        """Positions below ``n`` will be fed: their rotary cos and sin are computed once, by the
+        model's own rotary embedding, and looked up per step (where its frequencies are static)."""
+        rotary = self.decoder.rotary_emb
+        if not _static_rope(rotary) or (self.rope is not None and len(self.rope[0]) >= n):
+            return
+        emb = self.decoder.embed_tokens.weight
+        probe = emb.new_empty((1, 1, emb.shape[-1]))  # the module reads its dtype and device only
+        cos, sin = rotary(probe, position_ids=torch.arange(n, device=emb.device)[None])
+        D = cos.shape[-1]
+        sign = torch.ones(D, dtype=sin.dtype, device=sin.device)
+        sign[:D // 2] = -1
+        swap = torch.cat([torch.arange(D // 2, D), torch.arange(D // 2)]).to(emb.device)
+        self.rope = (cos[0], sin[0] * sign, swap)
+
     def step(self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Feed one token per row, ``ids`` (b,) at positions ``pos`` (b,); ``attn`` (b, >= L + 1)
         marks the slots each row attends to. Returns the next-token logits (b, V), fp32."""
@@ -144,8 +214,15 @@ class FastDecoder:
             mask[:, new, slot + new] |= ~own[:, slot:]
             mask = mask[:, None]  # (b, 1, n, end)
         x = self.decoder.embed_tokens(ids)  # (b, n, H)
-        cos, sin = self.decoder.rotary_emb(x, position_ids=pos)  # (b, n, D) each
-        cos, sin = cos[:, None], sin[:, None]  # (b, 1, n, D)
+        # the additive mask the attention kernel would build from the bool one in every layer
+        mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
+        rotate = self._rotation(x, pos)
+        # one query per row on the CPU: three batched products, not the flash kernel, whose
+        # per-(row, head) overhead dominates at these sizes (same values up to rounding)
+        products = n == 1 and x.device.type == "cpu"
+        if products:
+            hk = self.kv[0][0].shape[1]
+            flat_mask = mask.expand(b, hk, 1, end).reshape(b * hk, 1, end)
         for (norm1, q_proj, k_proj, v_proj, q_norm, k_norm, o_proj, norm2, mlp, scale), (kb, vb) in zip(
                 self.layers, self.kv):
             h = norm1(x)
@@ -153,8 +230,7 @@ class FastDecoder:
             if q_norm is not None:
                 q, k = q_norm(q), k_norm(k)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (b, heads, n, D)
-            q = (q * cos) + (_rotate_half(q) * sin)
-            k = (k * cos) + (_rotate_half(k) * sin)
+            q, k = rotate(q), rotate(k)
             kb[:, :, slot:end] = k
             vb[:, :, slot:end] = v
             keys, values = kb[:, :, :end], vb[:, :, :end]
@@ -162,12 +238,31 @@ class FastDecoder:
                 q = q.reshape(b, q.shape[1] // self.groups, self.groups, D)
             elif self.groups > 1:  # as transformers' sdpa does for several queries
                 keys, values = _repeat_kv(keys, self.groups), _repeat_kv(values, self.groups)
-            o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
+            if products:  # (b * H_kv, groups, end) scores; the buffers' views merge b and H_kv
+                bh = b * hk
+                scores = torch.baddbmm(flat_mask, q.reshape(bh, -1, D),
+                                       keys.reshape(bh, end, D).transpose(1, 2), alpha=scale)
+                o = torch.bmm(scores.softmax(-1), values.reshape(bh, end, D))
+            else:
+                o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
             o = o.reshape(b, -1, n, D).transpose(1, 2).reshape(b, n, -1)
             x = x + o_proj(o)
             x = x + mlp(norm2(x))
         self.length = end
-        return self.head(self.decoder.norm(x[:, -1:])[:, 0]).float()  # (b, V)
+        return self.head(self.norm(x[:, -1:])[:, 0]).float()  # (b, V)
+
+    def _rotation(self, x: torch.Tensor, pos: torch.Tensor):
+        """The rotary embedding at positions ``pos`` (b, n), as a function of q or k (b, heads,
+        n, D): ``x * cos + rotate_half(x) * sin``, transformers' formula. From the table of
+        :meth:`positions` where there is one: the half rotation is then one gather, its sign
+        folded into the tabled sin (the same products, bit for bit)."""
+        if self.rope is None or x.device != self.rope[0].device:
+            cos, sin = self.decoder.rotary_emb(x, position_ids=pos)  # (b, n, D) each
+            cos, sin = cos[:, None], sin[:, None]  # (b, 1, n, D)
+            return lambda t: (t * cos) + (_rotate_half(t) * sin)
+        table_cos, table_sin, swap = self.rope
+        cos, sin = F.embedding(pos, table_cos)[:, None], F.embedding(pos, table_sin)[:, None]
+        return lambda t: (t * cos) + (t.index_select(-1, swap) * sin)
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:

@@ -127,16 +127,22 @@ class HFEngine:
         eos = torch.tensor(self.eos_ids, device=dev)
         matcher = _StopMatcher(self.tokenizer, params.stop)
         table = self._stop_table(matcher.stops, logits.shape[-1], dev) if matcher.active else None
-        prefill_len = attn.shape[1]
-        droppable = dec.store() is not None  # None: not a plain cache (model(...) on its own)
+        prefill_len = width = attn.shape[1]
+        attn = torch.cat([attn, attn.new_ones((b, N))], dim=1)  # every step's slot; ``width`` fed
+        # None: not a plain cache (model(...) on its own), whose rows cannot be dropped
+        droppable = isinstance(dec, FastDecoder) or dec.store() is not None
         act, act_l = torch.arange(b, device=dev), list(range(b))  # the rows still being fed
         parts: list[tuple] = []  # (keys and values, attention mask, rows) of each group of rows
         live = b
         for t in range(N):
-            u = None if uniforms is None else uniforms[act, t]
+            every = len(act_l) == b  # no row has left the batch: plain columns, no gathers
+            u = None if uniforms is None else (uniforms[:, t] if every else uniforms[act, t])
             nxt, lp = _sample(logits, params.temperature, params.top_p, u)
-            toks[act, t], lps[act, t] = nxt, lp
-            ended = done[act]
+            if every:
+                toks[:, t], lps[:, t] = nxt, lp
+            else:
+                toks[act, t], lps[act, t] = nxt, lp
+            ended = done if every else done[act]  # read before this step marks any row done
             hit_eos = torch.isin(nxt, eos) & ~ended
             flags = hit_eos[None] if table is None else torch.stack([hit_eos, table[nxt] & ~ended & ~hit_eos])
             flags = flags.cpu()  # the one host sync per step
@@ -159,17 +165,17 @@ class HFEngine:
             if droppable and live <= len(act_l) // 2:  # stop feeding the finished half
                 ended = done[act]
                 gone, keep = ended.nonzero().flatten(), (~ended).nonzero().flatten()
-                parts.append((dec.take(gone), attn[gone], [act_l[j] for j in gone.tolist()]))
+                parts.append((dec.take(gone), attn[gone, :width], [act_l[j] for j in gone.tolist()]))
                 dec.select(keep)
                 act, attn, pos, nxt = act[keep], attn[keep], pos[keep], nxt[keep]
                 act_l = act.tolist()
-            attn = torch.cat([attn, attn.new_ones((len(act_l), 1))], dim=1)
-            logits = dec.step(nxt, attn, pos)
+            width += 1
+            logits = dec.step(nxt, attn[:, :width], pos)
             pos = pos + 1
         toks_l, lps_l = toks.tolist(), lps.tolist()
         outs = [Completion(toks_l[i][:n_gen[i]], lps_l[i][:n_gen[i]], reason[i] or "length", stop_str[i])
                 for i in range(b)]
-        parts.append((dec.store(), attn, act_l))
+        parts.append((dec.store(), attn[:, :width], act_l))
         return outs, self._rows_after(parts, prefill_len, prompts, outs)
 
     def _fast_decoder(self) -> FastDecoder | None:
@@ -201,7 +207,7 @@ class HFEngine:
                 idx = torch.tensor(which, device=dev)
                 cache.batch_select_indices(idx)
                 attn, logits = attn[idx], logits[idx]
-            return self._decoder(cache, extra), attn, next_pos, logits
+            return self._decoder(cache, extra, prompts), attn, next_pos, logits
         stores = [c.store if c else None for c in cached]
         index = [c.index if c else 0 for c in cached]
         ids, new = _left_pad([p[k:] for p, k in zip(prompts, keep)], self.pad_id, dev)
@@ -209,6 +215,7 @@ class HFEngine:
         if (dec := self._fast_decoder()) is not None:  # gathered straight into its buffers
             layers, past = gather_kv(stores, index, keep, dev, room=new.shape[1] + min(extra, BLOCK))
             dec.adopt(layers, past.shape[1])
+            dec.positions(max(len(p) for p in prompts) + extra)
             attn = torch.cat([past.long(), new], dim=1)
             return dec, attn, next_pos, dec.extend(ids, attn, pos)
         cache, past = gather_rows(self.model, stores, index, keep, dev)
@@ -216,14 +223,16 @@ class HFEngine:
         logits = self._forward(ids, attn, pos, cache)
         return _ModelCall(self, cache), attn, next_pos, logits
 
-    def _decoder(self, cache, extra: int) -> "FastDecoder | _ModelCall":
-        """The decoder that continues from a prefilled ``cache``: a :class:`FastDecoder` holding
-        its keys and values where it applies (a plain cache), else ``model(...)`` on it."""
+    def _decoder(self, cache, extra: int, prompts) -> "FastDecoder | _ModelCall":
+        """The decoder that continues from a prefilled ``cache`` of ``prompts``, for ``extra``
+        more tokens: a :class:`FastDecoder` holding its keys and values where it applies (a plain
+        cache), else ``model(...)`` on it."""
         store = store_of(cache)  # None: a cache that is not a plain record of every token
         dec = self._fast_decoder() if store is not None else None
         if dec is None:
             return _ModelCall(self, cache)
         dec.start(store, extra)  # the decoder's buffers hold it all from now on
+        dec.positions(max(len(p) for p in prompts) + extra)
         return dec
 
     def _forward(self, ids, attn, pos, cache) -> torch.Tensor:
@@ -410,12 +419,9 @@ def _inverse_cdf(w: torch.Tensor, u: torch.Tensor, block: int = 1024) -> tuple[t
     A vocabulary of one block or less is that block: one cumulative sum, the same draw."""
     B, V = w.shape
     if V <= block:  # the two-level path below with a single block, without its padding to block
-        total = w.sum(-1, keepdim=True, dtype=torch.float64)  # (B, 1)
-        x = u[:, None] * total  # (B, 1)
         cb = w.double().cumsum(-1)  # (B, V)
-        j = torch.searchsorted(cb, x, right=True)
-        j = torch.minimum(j, (cb < cb[:, -1:]).sum(-1, keepdim=True))  # rounding at the end
-        return j.squeeze(1), total
+        total = cb[:, -1:]  # (B, 1)
+        return _search(cb, u[:, None] * total).squeeze(1), total
     nf = V // block
     sums = w[:, :nf * block].view(B, nf, block).sum(-1, dtype=torch.float64)  # (B, nf)
     if V > nf * block:
@@ -423,16 +429,22 @@ def _inverse_cdf(w: torch.Tensor, u: torch.Tensor, block: int = 1024) -> tuple[t
     cum = sums.cumsum(-1)  # (B, nb)
     total = cum[:, -1:]
     x = u[:, None] * total  # (B, 1)
-    blk = torch.searchsorted(cum, x, right=True)  # first block whose cdf passes x
-    blk = torch.minimum(blk, (cum < total).sum(-1, keepdim=True))  # never past the last mass
+    blk = _search(cum, x)  # the block whose cdf first passes x (never one past the last mass)
     start = blk * block  # (B, 1)
     col = start + torch.arange(block, device=w.device)  # (B, block)
     inside = col < V
     wb = w.gather(1, col.clamp(max=V - 1)).double() * inside
     cb = (cum.gather(1, blk) - sums.gather(1, blk)) + wb.cumsum(-1)  # cdf within the block
-    j = torch.searchsorted(cb, x, right=True)
-    j = torch.minimum(j, (cb < cb[:, -1:]).sum(-1, keepdim=True))  # rounding at the block's end
-    return (start + j).squeeze(1), total
+    return (start + _search(cb, x)).squeeze(1), total
+
+
+def _search(cdf: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B, 1) index of the first entry of each row's nondecreasing ``cdf`` (B, n) above ``x``
+    (B, 1). An ``x`` at or past the row's last value (``u * total`` rounding up, or a block's
+    own sum falling short of its share of the total) is taken as the float just below it, so
+    the index is that of the last entry with mass: never a token of probability 0."""
+    last = cdf[:, -1:]
+    return torch.searchsorted(cdf, torch.minimum(x, torch.nextafter(last, torch.zeros_like(last))), right=True)
 
 
 class _StopMatcher:

@@ -21,18 +21,17 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from rlvr.core.models import unhooked
+
 CHUNK = 1024  # rows of logits in memory at once: (CHUNK, V) fp32
 
 
 def fused_head_applies(head) -> bool:
     """Whether ``head`` is a plain ``nn.Linear`` with no forward hooks: a LoRA-wrapped or sharded
     head, or one whose output a hook changes (a logit bias), runs as a module, as the engine runs it."""
-    from torch.nn.modules import module as nn_module
-
     if type(head) is not torch.nn.Linear or type(head.weight) is not torch.nn.Parameter:
         return False
-    return not (head._forward_hooks or head._forward_pre_hooks or nn_module._global_forward_hooks
-                or nn_module._global_forward_pre_hooks)
+    return unhooked(head)
 
 
 def head_logprobs(head: torch.nn.Linear, hidden: torch.Tensor, targets: torch.Tensor,

@@ -126,11 +126,16 @@ def collect(engine, tokenizer, env_factory: Callable[[], Environment], tasks: li
                 check_stop_strings(tokenizer, stops, type(env).__name__)
             starts.append((env, task, group_id))
     prompts = _reset_all([(env, task) for env, task, _ in starts])
+    last: tuple = (None, None)  # (prompt, ids): a group's samples mostly reset to the same prompt
     for (env, task, group_id), prompt in zip(starts, prompts):
         try:
             if isinstance(prompt, Exception):
                 raise prompt
-            ids = render_prompt(tokenizer, prompt, task.id)
+            if last[1] is not None and type(prompt) is type(last[0]) and prompt == last[0]:
+                ids = list(last[1])  # the chat template renders it once per group, not per sample
+            else:
+                ids = render_prompt(tokenizer, prompt, task.id)
+                last = (prompt, ids)
             if len(ids) >= cfg.max_total_tokens:
                 raise ValueError(f"task {task.id}: the prompt has {len(ids)} tokens, not below "
                                  f"rollout.max_total_tokens = {cfg.max_total_tokens}")
