@@ -121,9 +121,8 @@ class FastDecoder:
         self.norm = _rms_norm(self.decoder.norm)
         self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.length = 0
-        # (cos, sin signed for the half rotation) of every position below their length, and
-        # the gather that swaps a head's halves
-        self.rope: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        # (cos, sin signed for the half rotation) of every position below their length
+        self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @staticmethod
     def supports(model) -> bool:
@@ -181,8 +180,7 @@ class FastDecoder:
         D = cos.shape[-1]
         sign = torch.ones(D, dtype=sin.dtype, device=sin.device)
         sign[:D // 2] = -1
-        swap = torch.cat([torch.arange(D // 2, D), torch.arange(D // 2)]).to(emb.device)
-        self.rope = (cos[0], sin[0] * sign, swap)
+        self.rope = (cos[0], sin[0] * sign)
 
     def step(self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Feed one token per row, ``ids`` (b,) at positions ``pos`` (b,); ``attn`` (b, >= L + 1)
@@ -217,6 +215,8 @@ class FastDecoder:
         # the additive mask the attention kernel would build from the bool one in every layer
         mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
         rotate = self._rotation(x, pos)
+        if self.groups > 1 and n > 1:  # each query head's n queries see the same slots
+            mask = mask.repeat(1, 1, self.groups, 1)  # (b, 1, groups * n, end)
         # one query per row on the CPU: three batched products, not the flash kernel, whose
         # per-(row, head) overhead dominates at these sizes (same values up to rounding)
         products = n == 1 and x.device.type == "cpu"
@@ -234,10 +234,8 @@ class FastDecoder:
             kb[:, :, slot:end] = k
             vb[:, :, slot:end] = v
             keys, values = kb[:, :, :end], vb[:, :, :end]
-            if self.groups > 1 and n == 1:  # the query heads of one key/value head as one query
-                q = q.reshape(b, q.shape[1] // self.groups, self.groups, D)
-            elif self.groups > 1:  # as transformers' sdpa does for several queries
-                keys, values = _repeat_kv(keys, self.groups), _repeat_kv(values, self.groups)
+            if self.groups > 1:  # the query heads of one key/value head as one head's queries
+                q = q.reshape(b, q.shape[1] // self.groups, self.groups * n, D)
             if products:  # (b * H_kv, groups, end) scores; the buffers' views merge b and H_kv
                 bh = b * hk
                 scores = torch.baddbmm(flat_mask, q.reshape(bh, -1, D),
@@ -254,18 +252,13 @@ class FastDecoder:
     def _rotation(self, x: torch.Tensor, pos: torch.Tensor):
         """The rotary embedding at positions ``pos`` (b, n), as a function of q or k (b, heads,
         n, D): ``x * cos + rotate_half(x) * sin``, transformers' formula. From the table of
-        :meth:`positions` where there is one: the half rotation is then one gather, its sign
-        folded into the tabled sin (the same products, bit for bit)."""
+        :meth:`positions` where there is one: the half rotation is then a swap of the halves,
+        its sign folded into the tabled sin (the same products, bit for bit)."""
         if self.rope is None or x.device != self.rope[0].device:
             cos, sin = self.decoder.rotary_emb(x, position_ids=pos)  # (b, n, D) each
             cos, sin = cos[:, None], sin[:, None]  # (b, 1, n, D)
             return lambda t: (t * cos) + (_rotate_half(t) * sin)
-        table_cos, table_sin, swap = self.rope
+        table_cos, table_sin = self.rope
         cos, sin = F.embedding(pos, table_cos)[:, None], F.embedding(pos, table_sin)[:, None]
-        return lambda t: (t * cos) + (t.index_select(-1, swap) * sin)
-
-
-def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """(b, H_kv, L, D) -> (b, H_kv * groups, L, D), each key/value head once per query head."""
-    b, h, L, D = x.shape
-    return x[:, :, None].expand(b, h, groups, L, D).reshape(b, h * groups, L, D)
+        half = cos.shape[-1] // 2
+        return lambda t: (t * cos) + (torch.cat((t[..., half:], t[..., :half]), dim=-1) * sin)
