@@ -395,7 +395,7 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Ten
         nxt = logits.argmax(dim=-1)
         return nxt, logits.gather(1, nxt[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
     z = logits / temperature if temperature != 1.0 else logits  # (B, V)
-    m = z.max(dim=-1, keepdim=True).values  # (B, 1)
+    m = z.amax(dim=-1, keepdim=True)  # (B, 1); amax: no indices computed
     w = (z - m).exp()  # (B, V) unnormalised probabilities, max 1
     if u is None:
         u = torch.rand(w.shape[0], dtype=torch.float64, device=w.device)
