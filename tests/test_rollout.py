@@ -168,3 +168,28 @@ def test_observation_truncation_keeps_closing_tag(tiny_tokenizer):
     assert tok.decode(ids).endswith("</information>\n\n")
     short, cut = encode_observation(tok, "<result>5</result>", 40)
     assert not cut and tok.decode(short) == "<result>5</result>"
+
+
+def test_a_group_renders_its_shared_prompt_once(tiny_tokenizer, monkeypatch):
+    # the chat template runs once per distinct prompt, not once per sample; an environment whose
+    # samples reset to different prompts still gets each rendered
+    import rlvr.rollout.episodes as episodes
+
+    rendered = []
+    real = episodes.render_prompt
+    monkeypatch.setattr(episodes, "render_prompt",
+                        lambda tok, prompt, task_id="": (rendered.append(task_id), real(tok, prompt, task_id))[1])
+
+    class Numbered(CalculatorEnv):
+        count = 0
+
+        def reset(self, task):
+            Numbered.count += 1
+            return f"{task.prompt} (sample {Numbered.count})" if task.id == "t:1" else task.prompt
+
+    tasks = [Task("What is 2+3?", "5", id="t:0"), Task("What is 1+1?", "2", id="t:1")]
+    trajs = run(tiny_tokenizer, calc_policy, tasks, env=Numbered, g=4)
+    assert rendered == ["t:0"] + ["t:1"] * 4
+    assert len({tuple(t.token_ids[:t.prompt_len]) for t in trajs[:4]}) == 1
+    assert len({tuple(t.token_ids[:t.prompt_len]) for t in trajs[4:]}) == 4
+    assert all(t.error is None for t in trajs) and all(t.reward == 1.0 for t in trajs[:4])  # 2+3 = 5

@@ -9,6 +9,15 @@ same order, with the attention call transformers' ``sdpa`` implementation makes 
 key/value buffers grown in blocks and written in place. The logits equal the model's up to float
 rounding (the test compares the two paths).
 
+Per step, the rotary cos/sin come from a table the model's own rotary embedding filled once per
+call (:meth:`FastDecoder.positions`; not for dynamic or long-rope scaling, whose frequencies
+depend on how far a call reaches), transformers' RMSNorm and gated MLP run as functions (a copy
+of Llama's code, unhooked, is recognised as such; anything else is called as a module), the
+attention mask is made additive once rather than in every layer, and on the CPU the one-query
+attention is three batched products (the flash kernel's per-row, per-head overhead dominated
+there). The logits equal the plain path's to float rounding (the fp32 rotary table, norm and
+mask are bit for bit the module's; the batched products round differently from the kernel).
+
 A later turn's new tokens (the observation, after the last sampled token) go in through
 :meth:`FastDecoder.extend`: the kept rows are gathered straight into its buffers and the new
 tokens run causally over them with the attention call transformers makes for several queries,
@@ -41,7 +50,7 @@ def _linear(module):
 
 def _rms_norm(module):
     """``module`` as a function: transformers' own RMSNorm (Llama's, or a copy of it: Qwen2's,
-    Qwen3's, Mistral's) without hooks through ``F.rms_norm``, one kernel where the module makes
+    Qwen3's, Mistral's) without hooks through ``F.rms_norm``, one call where the module makes
     seven (the same fp32 result bit for bit; other dtypes, and any other norm, call the module)."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
