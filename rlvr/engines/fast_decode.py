@@ -13,8 +13,8 @@ Per step, the rotary cos/sin come from a table the model's own rotary embedding 
 call (:meth:`FastDecoder.positions`; not for dynamic or long-rope scaling, whose frequencies
 depend on how far a call reaches), transformers' RMSNorm and gated MLP run as functions (a copy
 of Llama's code, unhooked, is recognised as such; anything else is called as a module), the
-attention mask is made additive once rather than in every layer, and on the CPU the one-query
-attention is three batched products (the flash kernel's per-row, per-head overhead dominated
+attention mask is made additive once rather than in every layer, and on the CPU in fp32 the
+one-query attention is three batched products (the flash kernel's per-row, per-head overhead dominated
 there). The logits equal the plain path's to float rounding (the fp32 rotary table, norm and
 mask are bit for bit the module's; the batched products round differently from the kernel).
 
@@ -226,9 +226,10 @@ class FastDecoder:
         rotate = self._rotation(x, pos)
         if self.groups > 1 and n > 1:  # each query head's n queries see the same slots
             mask = mask.repeat(1, 1, self.groups, 1)  # (b, 1, groups * n, end)
-        # one query per row on the CPU: three batched products, not the flash kernel, whose
-        # per-(row, head) overhead dominates at these sizes (same values up to rounding)
-        products = n == 1 and x.device.type == "cpu"
+        # one query per row on the CPU in fp32: three batched products, not the flash kernel,
+        # whose per-(row, head) overhead dominates at these sizes (same values up to rounding;
+        # in bf16 the kernel's fp32 softmax is kept)
+        products = n == 1 and x.device.type == "cpu" and x.dtype == torch.float32
         if products:
             hk = self.kv[0][0].shape[1]
             flat_mask = mask.expand(b, hk, 1, end).reshape(b * hk, 1, end)
