@@ -254,3 +254,22 @@ def test_static_rotary_embeddings_are_tabled_and_dynamic_ones_are_not(tiny_model
     dynamic = FastDecoder(tiny("llama_dynamic_rope", tiny_tokenizer))
     dynamic.positions(40)
     assert dynamic.rope is None  # its frequencies depend on how far a call reaches
+
+
+def test_a_norm_function_that_differs_from_the_module_is_not_used(tiny_tokenizer, monkeypatch):
+    # the RMSNorm shortcut is checked against the module once per class: a release whose
+    # F.rms_norm computed otherwise would leave the module in charge, not change the logits
+    import rlvr.engines.fast_decode as fd
+    from rlvr.core.models import build_tiny_model
+
+    m = build_tiny_model(tiny_tokenizer, hidden_size=64, num_layers=2, seed=6)
+    monkeypatch.setattr(fd, "_RMS_NORM_MATCHES", {})
+    real = torch.nn.functional.rms_norm
+    monkeypatch.setattr(torch.nn.functional, "rms_norm", lambda x, shape, w, eps: real(x, shape, w, eps) * 1.01)
+    assert FastDecoder(m).norm is m.model.norm  # rejected: the module is called
+    prompts = [tiny_tokenizer.encode("What is 2+3?")] * 2
+    slow, fast = generate_both(m, tiny_tokenizer, prompts, SamplingParams(max_new_tokens=8, seed=1))
+    assert_same(slow, fast)
+    monkeypatch.setattr(fd, "_RMS_NORM_MATCHES", {})
+    monkeypatch.setattr(torch.nn.functional, "rms_norm", real)
+    assert FastDecoder(m).norm is not m.model.norm  # the real one matches and is used

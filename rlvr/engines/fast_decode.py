@@ -56,6 +56,8 @@ def _rms_norm(module):
 
     if module is None or not (_same_code(type(module).forward, LlamaRMSNorm.forward) and unhooked(module)):
         return module
+    if not _rms_norm_matches(module):
+        return module
 
     def norm(x):
         w = module.weight
@@ -64,6 +66,26 @@ def _rms_norm(module):
         return F.rms_norm(x, (x.shape[-1],), w, module.variance_epsilon)
 
     return norm
+
+
+_RMS_NORM_MATCHES: dict[type, bool] = {}
+
+
+def _rms_norm_matches(module) -> bool:
+    """Whether ``F.rms_norm`` gives the module's own fp32 output bit for bit, checked once per
+    class on a random input (a transformers or torch release that changes either formula makes
+    the module be called, not a function that differs from it). A module whose weight is not
+    fp32 always runs as a module, so it needs no check."""
+    w = module.weight
+    if w.dtype != torch.float32:
+        return True
+    cls = type(module)
+    if cls not in _RMS_NORM_MATCHES:
+        with torch.no_grad():
+            x = torch.randn((2, 3, w.shape[-1]), generator=torch.Generator().manual_seed(0)).to(w.device)
+            ref, got = module(x), F.rms_norm(x, (x.shape[-1],), w, module.variance_epsilon)
+        _RMS_NORM_MATCHES[cls] = ref.dtype == got.dtype and torch.equal(ref, got)
+    return _RMS_NORM_MATCHES[cls]
 
 
 def _mlp(module):
