@@ -273,3 +273,18 @@ def test_a_norm_function_that_differs_from_the_module_is_not_used(tiny_tokenizer
     monkeypatch.setattr(fd, "_RMS_NORM_MATCHES", {})
     monkeypatch.setattr(torch.nn.functional, "rms_norm", real)
     assert FastDecoder(m).norm is not m.model.norm  # the real one matches and is used
+
+
+def test_the_engine_tables_the_rotary_embedding_once_per_call(tiny_model, tiny_tokenizer, monkeypatch):
+    # the table is what the decode steps read: the rotary module runs once per generate call
+    # (the prefill through model(...), then the table), not once per token
+    rotary = tiny_model.model.rotary_emb
+    calls = []
+    forward = type(rotary).forward
+    monkeypatch.setattr(type(rotary), "forward", lambda self, x, position_ids, **kw: (
+        calls.append(position_ids.shape), forward(self, x, position_ids, **kw))[1])
+    engine = HFEngine(tiny_model, tiny_tokenizer)
+    prompts = [tiny_tokenizer.encode("What is 2+3?")] * 3
+    engine.generate(prompts, SamplingParams(max_new_tokens=16, temperature=1.0, seed=0))
+    assert len(calls) == 2, calls
+    assert calls[1] == (1, len(prompts[0]) + 15)  # positions 0 .. prompt + 14 fed, one table

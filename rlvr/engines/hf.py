@@ -178,13 +178,19 @@ class HFEngine:
         parts.append((dec.store(), attn[:, :width], act_l))
         return outs, self._rows_after(parts, prefill_len, prompts, outs)
 
-    def _fast_decoder(self) -> FastDecoder | None:
-        """A :class:`FastDecoder` of the model as it is now, or None where it does not apply (or
-        is turned off). Built per call, so a layer replaced since (an adapter injected in place)
-        is the one it runs; whether the model type applies is worked out once per model."""
+    def _fast_decoder(self, reach: int = 0) -> FastDecoder | None:
+        """A :class:`FastDecoder` of the model as it is now, its rotary table covering positions
+        below ``reach``, or None where it does not apply (or is turned off). Built per call, so a
+        layer replaced since (an adapter injected in place) is the one it runs; whether the model
+        type applies is worked out once per model."""
         if self._decoder_of is None or self._decoder_of[0] is not self.model:
             self._decoder_of = (self.model, self.fast_decode and FastDecoder.supports(self.model))
-        return FastDecoder(self.model) if self._decoder_of[1] else None
+        if not self._decoder_of[1]:
+            return None
+        dec = FastDecoder(self.model)
+        if reach:
+            dec.positions(reach)
+        return dec
 
     # -- prefill ------------------------------------------------------------------------------
 
@@ -196,6 +202,7 @@ class HFEngine:
         dev = self.device
         keep = [_reusable(c, p) for c, p in zip(cached, prompts)]
         next_pos = torch.tensor([len(p) for p in prompts], device=dev)
+        reach = max(len(p) for p in prompts) + extra  # every position this call feeds is below it
         if not any(keep):
             uniq: dict[tuple[int, ...], int] = {}
             which = [uniq.setdefault(tuple(p), len(uniq)) for p in prompts]
@@ -207,15 +214,14 @@ class HFEngine:
                 idx = torch.tensor(which, device=dev)
                 cache.batch_select_indices(idx)
                 attn, logits = attn[idx], logits[idx]
-            return self._decoder(cache, extra, prompts), attn, next_pos, logits
+            return self._decoder(cache, extra, reach), attn, next_pos, logits
         stores = [c.store if c else None for c in cached]
         index = [c.index if c else 0 for c in cached]
         ids, new = _left_pad([p[k:] for p, k in zip(prompts, keep)], self.pad_id, dev)
         pos = torch.tensor(keep, device=dev)[:, None] + (new.cumsum(-1) - 1).clamp(min=0)
-        if (dec := self._fast_decoder()) is not None:  # gathered straight into its buffers
+        if (dec := self._fast_decoder(reach)) is not None:  # gathered straight into its buffers
             layers, past = gather_kv(stores, index, keep, dev, room=new.shape[1] + min(extra, BLOCK))
             dec.adopt(layers, past.shape[1])
-            dec.positions(max(len(p) for p in prompts) + extra)
             attn = torch.cat([past.long(), new], dim=1)
             return dec, attn, next_pos, dec.extend(ids, attn, pos)
         cache, past = gather_rows(self.model, stores, index, keep, dev)
@@ -223,16 +229,15 @@ class HFEngine:
         logits = self._forward(ids, attn, pos, cache)
         return _ModelCall(self, cache), attn, next_pos, logits
 
-    def _decoder(self, cache, extra: int, prompts) -> "FastDecoder | _ModelCall":
-        """The decoder that continues from a prefilled ``cache`` of ``prompts``, for ``extra``
-        more tokens: a :class:`FastDecoder` holding its keys and values where it applies (a plain
-        cache), else ``model(...)`` on it."""
+    def _decoder(self, cache, extra: int, reach: int) -> "FastDecoder | _ModelCall":
+        """The decoder that continues from a prefilled ``cache`` for ``extra`` more tokens, at
+        positions below ``reach``: a :class:`FastDecoder` holding its keys and values where it
+        applies (a plain cache), else ``model(...)`` on it."""
         store = store_of(cache)  # None: a cache that is not a plain record of every token
-        dec = self._fast_decoder() if store is not None else None
+        dec = self._fast_decoder(reach) if store is not None else None
         if dec is None:
             return _ModelCall(self, cache)
         dec.start(store, extra)  # the decoder's buffers hold it all from now on
-        dec.positions(max(len(p) for p in prompts) + extra)
         return dec
 
     def _forward(self, ids, attn, pos, cache) -> torch.Tensor:
