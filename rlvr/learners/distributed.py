@@ -180,12 +180,25 @@ def init_world(device: str) -> tuple[World, str]:
     return World(dist.get_rank(), dist.get_world_size()), device
 
 
+LEAVE_TIMEOUT_S = 60  # how long a rank waits at exit for the others before leaving anyway
+
+
 def _leave_group() -> None:
-    """Destroy the process group this process joined, before the interpreter tears down: a gloo
-    group destroyed during teardown can end a finished run in SIGABRT ("terminate called without
-    an active exception") with its results written."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    """Destroy the process group this process joined, before the interpreter tears down, once
+    every rank has got here: a gloo group destroyed during teardown, or while another rank still
+    talks to it (rank 0 writing the last checkpoint as rank 1 leaves), can end a finished run in
+    SIGABRT ("terminate called without an active exception") with its results written. A rank
+    that never arrives (it crashed) costs ``LEAVE_TIMEOUT_S`` at most, not a hang."""
+    if not dist.is_initialized():
+        return
+    try:
+        if dist.get_backend() == "gloo":  # the one backend with a barrier that can time out
+            from datetime import timedelta
+
+            dist.monitored_barrier(timeout=timedelta(seconds=LEAVE_TIMEOUT_S))
+    except Exception:  # a missing rank: leave all the same
+        pass
+    dist.destroy_process_group()
 
 
 class NullLogger:
