@@ -205,7 +205,10 @@ def count_fed_tokens(model):
 
 def test_kv_reuse_across_turns_changes_nothing(tiny_model, tiny_tokenizer):
     tok = tiny_tokenizer
-    cfg = RolloutConfig(max_turns=6, max_new_tokens=10, max_total_tokens=40, temperature=1.0)
+    # turn by turn: the session keeps each episode's cache between calls (continuous turns, which
+    # never leave the engine, are compared with this path in tests/test_continuous_turns.py)
+    cfg = RolloutConfig(max_turns=6, max_new_tokens=10, max_total_tokens=40, temperature=1.0,
+                        continuous_turns=False)
     tasks = [Task("What is 2+3?", "5", id="a"), Task("Where was the author born?", "x", id="b")]
     runs = {}
     for name in ("reuse", "fresh"):

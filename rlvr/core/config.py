@@ -93,6 +93,10 @@ class RolloutConfig:
     """Nucleus sampling mass."""
     engine: Literal["hf", "vllm"] = "hf"
     """hf | vllm."""
+    continuous_turns: bool = True
+    """hf engine: an episode starts its next turn as soon as its environment answers, while the
+    others are still sampling theirs (no turn waits for the batch's slowest row); False = turns in
+    lockstep, one engine call per turn. The two sample with different random draws."""
     max_batch_size: int = 0
     """Rows the hf engine runs in one forward pass; 0 = the whole rollout batch at once (fastest).
     Set it only to bound memory: the KV cache and the (rows, vocabulary) logits grow with it."""

@@ -31,12 +31,29 @@ decodes through ``model(...)``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from rlvr.core.models import full_attention, plain_head, unhooked
 
 BLOCK = 64  # key/value slots added at a time when a row's buffer is full
+
+
+@dataclass
+class _Part:
+    """Tokens fed in one pass: ``ids`` (b, n) at positions ``pos`` (b, n), attending to the
+    slots ``own`` (b, end) marks, causally among themselves; their keys go to slots ``where``
+    (an int: the same slots of every row; else (b, n), in buffer rows ``into`` (b,)), and they
+    read buffer rows ``rows`` (None: every row, in order)."""
+
+    ids: torch.Tensor
+    own: torch.Tensor
+    pos: torch.Tensor
+    where: "int | torch.Tensor"
+    into: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
 
 
 def _linear(module):
@@ -177,8 +194,10 @@ class FastDecoder:
         room = self.length + min(extra, BLOCK)
         self.kv = []
         for k, v in store:
-            kb = k.new_empty((k.shape[0], k.shape[1], room, k.shape[3]))
-            vb = v.new_empty((v.shape[0], v.shape[1], room, v.shape[3]))
+            # zeros, not garbage: a row that writes at its own slots (``step_at``) leaves slots
+            # below ``end`` unwritten, and a masked score of NaN is still NaN
+            kb = k.new_zeros((k.shape[0], k.shape[1], room, k.shape[3]))
+            vb = v.new_zeros((v.shape[0], v.shape[1], room, v.shape[3]))
             kb[:, :, :self.length] = k
             vb[:, :, :self.length] = v
             self.kv.append((kb, vb))
@@ -216,70 +235,125 @@ class FastDecoder:
     def step(self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Feed one token per row, ``ids`` (b,) at positions ``pos`` (b,); ``attn`` (b, >= L + 1)
         marks the slots each row attends to. Returns the next-token logits (b, V), fp32."""
-        return self._feed(ids[:, None], attn, pos[:, None])
+        return self.extend(ids[:, None], attn, pos[:, None])
 
     def extend(self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Feed ``n`` tokens per row at once (a turn's new tokens over a kept cache): ``ids``
         (b, n) left padded, ``pos`` (b, n) their positions, ``attn`` (b, L + n) the slots that
         hold a row's own tokens. The attention is causal over the new slots, as in
         ``model(...)`` with a cache. Returns the logits after each row's last token (b, V)."""
-        return self._feed(ids, attn, pos)
+        end = self.length + ids.shape[1]
+        return self._feed([_Part(ids, attn[:, :end].bool(), pos, self.length)], end)[0]
 
-    def _feed(self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        (b, n), D, slot = ids.shape, self.head_dim, self.length
-        end = slot + n
+    def step_at(self, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor, slot: torch.Tensor,
+                end: int, more: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`step` with each row writing at its own slot ``slot`` (b,) (rows whose turns
+        started apart: ``HFEngine.run``); ``end`` > every slot; ``attn`` (b, >= end) marks each
+        row's own slots, the new one included. ``more`` = (rows, ids, attn, pos, slot): in the
+        same pass, buffer rows ``rows`` (s,) take ``n`` more tokens ``ids`` (s, n, left padded)
+        at their slots ``slot[j] ... slot[j] + n - 1`` (< ``end``), after this step's, with
+        ``attn`` (s, >= end) and positions ``pos`` (s, n): an observation costs its tokens'
+        share of one forward pass, not a pass of its own. Returns the logits of every row (b, V)
+        and, with ``more``, after each of those rows' last token (s, V)."""
+        b = ids.shape[0]
+        parts = [_Part(ids[:, None], attn[:, :end].bool(), pos[:, None], slot[:, None],
+                       torch.arange(b, device=ids.device), None)]
+        if more is not None:
+            rows, m_ids, m_attn, m_pos, m_slot = more
+            parts.append(_Part(m_ids, m_attn[:, :end].bool(), m_pos,
+                               m_slot[:, None] + torch.arange(m_ids.shape[1], device=ids.device), rows, rows))
+        out = self._feed(parts, end)
+        return out[0], (out[1] if more is not None else None)
+
+    def _feed(self, parts: list["_Part"], end: int) -> list[torch.Tensor]:
+        """Feed every part's tokens in one pass over the layers (projections and MLP on all of
+        them at once, attention part by part, every part's keys written before any is read);
+        the logits after each part's rows' last token (b_i, V) each."""
         if end > self.kv[0][0].shape[2]:
             grow = max(BLOCK, end - self.kv[0][0].shape[2])
-            self.kv = [(torch.cat([k, k.new_empty(k.shape[:2] + (grow,) + k.shape[3:])], 2),
-                        torch.cat([v, v.new_empty(v.shape[:2] + (grow,) + v.shape[3:])], 2))
+            self.kv = [(torch.cat([k, k.new_zeros(k.shape[:2] + (grow,) + k.shape[3:])], 2),
+                        torch.cat([v, v.new_zeros(v.shape[:2] + (grow,) + v.shape[3:])], 2))
                        for k, v in self.kv]
-        own = attn[:, :end].bool()  # (b, end): the slots that hold each row's own tokens
-        if n == 1:
-            mask = own[:, None, None, :]  # (b, 1, 1, end), shared by a kv head's query heads
-        else:  # causal over the new slots; a padding query sees itself (its output is unused)
-            new = torch.arange(n, device=ids.device)
-            seen = torch.arange(end, device=ids.device)[None, :] <= (slot + new)[:, None]  # (n, end)
-            mask = own[:, None, :] & seen[None]  # (b, n, end)
-            mask[:, new, slot + new] |= ~own[:, slot:]
-            mask = mask[:, None]  # (b, 1, n, end)
-        x = self.decoder.embed_tokens(ids)  # (b, n, H)
-        # the additive mask the attention kernel would build from the bool one in every layer
-        mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill_(~mask, float("-inf"))
-        rotate = self._rotation(x, pos)
-        if self.groups > 1 and n > 1:  # each query head's n queries see the same slots
-            mask = mask.repeat(1, 1, self.groups, 1)  # (b, 1, groups * n, end)
-        # one query per row on the CPU in fp32: three batched products, not the flash kernel,
-        # whose per-(row, head) overhead dominates at these sizes (same values up to rounding;
-        # in bf16 the kernel's fp32 softmax is kept)
-        products = n == 1 and x.device.type == "cpu" and x.dtype == torch.float32
-        if products:
-            hk = self.kv[0][0].shape[1]
-            flat_mask = mask.expand(b, hk, 1, end).reshape(b * hk, 1, end)
+        D, hk = self.head_dim, self.kv[0][0].shape[1]
+        ids = parts[0].ids if len(parts) == 1 else torch.cat([p.ids.reshape(-1) for p in parts])
+        x = self.decoder.embed_tokens(ids)  # (b, n, H), or all parts' tokens (T, H)
+        shapes = [p.ids.shape for p in parts]
+        x = x.reshape(1, -1, x.shape[-1]) if len(parts) > 1 else x
+        prep = [self._prepare(p, end, x) for p in parts]
         for (norm1, q_proj, k_proj, v_proj, q_norm, k_norm, o_proj, norm2, mlp, scale), (kb, vb) in zip(
                 self.layers, self.kv):
             h = norm1(x)
-            q, k, v = q_proj(h).view(b, n, -1, D), k_proj(h).view(b, n, -1, D), v_proj(h).view(b, n, -1, D)
-            if q_norm is not None:
-                q, k = q_norm(q), k_norm(k)
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (b, heads, n, D)
-            q, k = rotate(q), rotate(k)
-            kb[:, :, slot:end] = k
-            vb[:, :, slot:end] = v
-            keys, values = kb[:, :, :end], vb[:, :, :end]
-            if self.groups > 1:  # the query heads of one key/value head as one head's queries
-                q = q.reshape(b, q.shape[1] // self.groups, self.groups * n, D)
-            if products:  # (b * H_kv, groups, end) scores; the buffers' views merge b and H_kv
-                bh = b * hk
-                scores = torch.baddbmm(flat_mask, q.reshape(bh, -1, D),
-                                       keys.reshape(bh, end, D).transpose(1, 2), alpha=scale)
-                o = torch.bmm(scores.softmax(-1), values.reshape(bh, end, D))
-            else:
-                o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
-            o = o.reshape(b, -1, n, D).transpose(1, 2).reshape(b, n, -1)
+            qa, ka, va = q_proj(h), k_proj(h), v_proj(h)
+            split, off = [], 0
+            for (b, n), p, (rotate, _, _) in zip(shapes, parts, prep):
+                q, k, v = (t.reshape(-1, t.shape[-1])[off:off + b * n].view(b, n, -1, D) for t in (qa, ka, va))
+                off += b * n
+                if q_norm is not None:
+                    q, k = q_norm(q), k_norm(k)
+                q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (b, heads, n, D)
+                q, k = rotate(q), rotate(k)
+                if p.into is None:  # every row's new tokens at the same slots
+                    kb[:, :, p.where:p.where + n] = k
+                    vb[:, :, p.where:p.where + n] = v
+                else:  # kb[row, :, slot] per (row, new token): (b, n, H_kv, D)
+                    kb[p.into[:, None], :, p.where] = k.transpose(1, 2)
+                    vb[p.into[:, None], :, p.where] = v.transpose(1, 2)
+                split.append(q)
+            outs = []
+            for (b, n), p, q, (_, mask, products) in zip(shapes, parts, split, prep):
+                keys, values = ((kb[:, :, :end], vb[:, :, :end]) if p.rows is None
+                                else (kb[p.rows, :, :end], vb[p.rows, :, :end]))
+                if self.groups > 1:  # the query heads of one key/value head as one head's queries
+                    q = q.reshape(b, q.shape[1] // self.groups, self.groups * n, D)
+                if products:  # (b * H_kv, groups, end) scores; the buffers' views merge b and H_kv
+                    bh = b * hk
+                    scores = torch.baddbmm(mask, q.reshape(bh, -1, D),
+                                           keys.reshape(bh, end, D).transpose(1, 2), alpha=scale)
+                    o = torch.bmm(scores.softmax(-1), values.reshape(bh, end, D))
+                else:
+                    o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
+                outs.append(o.reshape(b, -1, n, D).transpose(1, 2).reshape(b, n, -1))
+            o = outs[0] if len(parts) == 1 else torch.cat([t.reshape(-1, t.shape[-1]) for t in outs])[None]
             x = x + o_proj(o)
             x = x + mlp(norm2(x))
-        self.length = end
-        return self.head(self.norm(x[:, -1:])[:, 0]).float()  # (b, V)
+        self.length = max(self.length, end)
+        if len(parts) == 1:
+            return [self.head(self.norm(x[:, -1:])[:, 0]).float()]  # (b, V)
+        last, off = [], 0
+        for b, n in shapes:  # each row's last token
+            last.append(off + n - 1 + n * torch.arange(b, device=x.device))
+            off += b * n
+        logits = self.head(self.norm(x[0, torch.cat(last)])).float()
+        return list(logits.split([b for b, _ in shapes]))
+
+    def _prepare(self, p: "_Part", end: int, x: torch.Tensor):
+        """A part's rotation, additive attention mask and whether its attention is the batched
+        products (one query per row on the CPU in fp32: three batched products, not the flash
+        kernel, whose per-(row, head) overhead dominates at these sizes; same values up to
+        rounding; in bf16 the kernel's fp32 softmax is kept)."""
+        (b, n), own, dev = p.ids.shape, p.own, x.device
+        if n == 1:
+            mask = own[:, None, None, :]  # (b, 1, 1, end), shared by a kv head's query heads
+        else:  # causal over the new slots; a padding query sees itself (its output is unused)
+            new = torch.arange(n, device=dev)
+            if p.into is None:
+                seen = torch.arange(end, device=dev)[None, :] <= (p.where + new)[:, None]  # (n, end)
+                mask = own[:, None, :] & seen[None]  # (b, n, end)
+                mask[:, new, p.where + new] |= ~own[:, p.where:p.where + n]
+            else:  # each row's new slots where they are
+                seen = torch.arange(end, device=dev)[None, None, :] <= p.where[:, :, None]  # (b, n, end)
+                mask = own[:, None, :] & seen
+                mask[torch.arange(b, device=dev)[:, None], new, p.where] = True
+            mask = mask[:, None]  # (b, 1, n, end)
+        # the additive mask the attention kernel would build from the bool one in every layer
+        mask = torch.zeros(mask.shape, dtype=x.dtype, device=dev).masked_fill_(~mask, float("-inf"))
+        if self.groups > 1 and n > 1:  # each query head's n queries see the same slots
+            mask = mask.repeat(1, 1, self.groups, 1)  # (b, 1, groups * n, end)
+        products = n == 1 and dev.type == "cpu" and x.dtype == torch.float32
+        if products:
+            hk = self.kv[0][0].shape[1]
+            mask = mask.expand(b, hk, 1, end).reshape(b * hk, 1, end)
+        return self._rotation(x, p.pos), mask, products
 
     def _rotation(self, x: torch.Tensor, pos: torch.Tensor):
         """The rotary embedding at positions ``pos`` (b, n), as a function of q or k (b, heads,

@@ -147,19 +147,104 @@ def collect(engine, tokenizer, env_factory: Callable[[], Environment], tasks: li
             _fail(ep, f"reset failed: {type(e).__name__}: {e}")
             episodes.append(ep)
 
-    turn = 0
     session = open_session(engine)  # an episode's KV cache lives on between its turns
+    try:
+        if getattr(cfg, "continuous_turns", True) and getattr(session, "continuous", lambda: False)():
+            _run_continuous(session, episodes, tokenizer, stops or [], cfg, greedy, seed)
+        else:
+            _run_lockstep(session, episodes, tokenizer, stops or [], cfg, greedy, seed)
+    finally:
+        session.close()
+
+    _score_all(episodes, tokenizer, getattr(cfg, "score_timeout_s", 0.0))
+    return [ep.traj for ep in episodes]
+
+
+def _cap(ep: _Episode, cfg) -> int:
+    """The episode's own budget for its next turn: one long episode must not shorten its
+    batch-mates' turns."""
+    return max(1, min(cfg.max_new_tokens, cfg.max_total_tokens - len(ep.traj)))
+
+
+def _params(cfg, stops: list[str], greedy: bool, seed: int | None, turn: int, max_new: int) -> SamplingParams:
+    return SamplingParams(max_new_tokens=max_new, temperature=0.0 if greedy else cfg.temperature,
+                          top_p=1.0 if greedy else cfg.top_p, stop=stops,
+                          seed=None if seed is None else seed * 1000 + turn)
+
+
+def _end_turn(ep: _Episode, out: Completion, cap: int, tokenizer, cfg,
+              stepping: list[tuple[_Episode, str]]) -> None:
+    """Record a turn's completion; the episode either ends here or goes to ``stepping`` with
+    the action text its environment reads."""
+    if len(out.token_ids) > cap:
+        out = Completion(out.token_ids[:cap], out.logprobs[:cap], "length")
+    start = len(ep.traj)
+    ep.traj.append_sampled(out.token_ids, out.logprobs)
+    ep.turn_start, ep.turn_reason = start, out.finish_reason
+    if out.finish_reason == "stop":
+        stepping.append((ep, tokenizer.decode(out.token_ids, skip_special_tokens=False)))
+        return
+    if out.finish_reason == "eos" and not getattr(ep.env, "end_at_eos", True):
+        # the environment reads the turn (its text without the EOS token) and may go on;
+        # the EOS token itself stays in the trajectory as sampled
+        stepping.append((ep, tokenizer.decode(out.token_ids[:-1], skip_special_tokens=False)))
+        return
+    ep.traj.turns.append(Turn(start, len(ep.traj), len(ep.traj), out.finish_reason))
+    if out.finish_reason == "eos":
+        _finish(ep, "eos")
+    elif len(ep.traj) >= cfg.max_total_tokens:
+        _finish(ep, "max_total_tokens", truncated=True)
+    else:
+        _finish(ep, "max_new_tokens", truncated=True)
+
+
+def _run_continuous(session, episodes: list[_Episode], tokenizer, stops, cfg, greedy, seed) -> None:
+    """Every episode in one engine call: an episode whose turn ends is stepped at once (with
+    the others that ended at the same decode step, batched by class) and samples its next turn
+    while the rest are still in theirs."""
+    active = [ep for ep in episodes if not ep.done]
+    if not active:
+        return
+    caps = [_cap(ep, cfg) for ep in active]
+
+    def on_turn(ended: list[tuple[int, Completion]]) -> list[tuple[list[int], int] | None]:
+        stepping: list[tuple[_Episode, str]] = []
+        fed = {}
+        for i, out in ended:
+            ep = active[i]
+            _end_turn(ep, out, caps[i], tokenizer, cfg, stepping)
+            fed[i] = len(ep.traj)  # the engine holds every token up to here
+        _step_all(stepping, tokenizer, cfg)
+        answers: list[tuple[list[int], int] | None] = []
+        for i, _ in ended:
+            ep = active[i]
+            if ep.done:
+                answers.append(None)
+                continue
+            caps[i] = _cap(ep, cfg)
+            answers.append((ep.traj.token_ids[fed[i]:], caps[i]))
+        return answers
+
+    try:
+        session.run([ep.traj.token_ids for ep in active], _params(cfg, stops, greedy, seed, 0, max(caps)),
+                    caps, on_turn)
+    except Exception as e:  # the engine itself failed: every episode still going records it
+        for ep in active:
+            if not ep.done:
+                _fail(ep, f"engine failed: {type(e).__name__}: {e}")
+        log.error("engine failed: %s", e)
+
+
+def _run_lockstep(session, episodes: list[_Episode], tokenizer, stops, cfg, greedy, seed) -> None:
+    """Turn by turn: every episode still going samples its next turn in one engine call."""
+    turn = 0
     while True:
         active = [ep for ep in episodes if not ep.done]
         if not active:
             break
-        # Each episode's own budget: one long episode must not shorten its batch-mates' turns.
         # The batch samples up to the largest budget; a longer completion is cut to its own.
-        caps = [max(1, min(cfg.max_new_tokens, cfg.max_total_tokens - len(ep.traj))) for ep in active]
-        params = SamplingParams(
-            max_new_tokens=max(caps),
-            temperature=0.0 if greedy else cfg.temperature, top_p=1.0 if greedy else cfg.top_p,
-            stop=stops or [], seed=None if seed is None else seed * 1000 + turn)
+        caps = [_cap(ep, cfg) for ep in active]
+        params = _params(cfg, stops, greedy, seed, turn, max(caps))
         try:
             outs = session.generate([id(ep) for ep in active], [ep.traj.token_ids for ep in active],
                                     params)
@@ -170,32 +255,9 @@ def collect(engine, tokenizer, env_factory: Callable[[], Environment], tasks: li
             break
         stepping: list[tuple[_Episode, str]] = []
         for ep, out, cap in zip(active, outs, caps):
-            if len(out.token_ids) > cap:
-                out = Completion(out.token_ids[:cap], out.logprobs[:cap], "length")
-            start = len(ep.traj)
-            ep.traj.append_sampled(out.token_ids, out.logprobs)
-            ep.turn_start, ep.turn_reason = start, out.finish_reason
-            if out.finish_reason == "stop":
-                stepping.append((ep, tokenizer.decode(out.token_ids, skip_special_tokens=False)))
-                continue
-            if out.finish_reason == "eos" and not getattr(ep.env, "end_at_eos", True):
-                # the environment reads the turn (its text without the EOS token) and may go on;
-                # the EOS token itself stays in the trajectory as sampled
-                stepping.append((ep, tokenizer.decode(out.token_ids[:-1], skip_special_tokens=False)))
-                continue
-            ep.traj.turns.append(Turn(start, len(ep.traj), len(ep.traj), out.finish_reason))
-            if out.finish_reason == "eos":
-                _finish(ep, "eos")
-            elif len(ep.traj) >= cfg.max_total_tokens:
-                _finish(ep, "max_total_tokens", truncated=True)
-            else:
-                _finish(ep, "max_new_tokens", truncated=True)
+            _end_turn(ep, out, cap, tokenizer, cfg, stepping)
         _step_all(stepping, tokenizer, cfg)
         turn += 1
-    session.close()
-
-    _score_all(episodes, tokenizer, getattr(cfg, "score_timeout_s", 0.0))
-    return [ep.traj for ep in episodes]
 
 
 def _reset_all(starts: list[tuple[Environment, Task]]) -> list:
