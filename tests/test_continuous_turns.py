@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from rlvr.core.config import RolloutConfig
-from rlvr.core.environment import Environment, StepResult
-from rlvr.core.types import Score, Task
+from rlvr.core.environment import StepResult
+from rlvr.core.types import Task
 from rlvr.engines.base import Completion, SamplingParams
 from rlvr.engines.fast_decode import FastDecoder
 from rlvr.engines.hf import HFEngine
@@ -22,22 +22,13 @@ TASKS = [Task("What is 2+3?", "5", id="a"), Task("Where was the author born? Par
          Task("Name a prime number.", "7", id="c")]
 
 
-class Ragged(Environment):
+class Ragged(EchoEnv):
     """Observations of 1 to 4 tokens, some episodes ending early: turns fall apart in time."""
-
-    stop_strings = ["e"]
-
-    def reset(self, task):
-        self.turn = 0
-        return task.prompt
 
     def step(self, action):
         self.turn += 1
         return StepResult(observation=" ok" * (1 + (len(action) + self.turn) % 4),
                           done=(len(action) + self.turn) % 5 == 0)
-
-    def score(self, completion, task):
-        return Score(reward=float(len(completion) % 2))
 
 
 def steps_with_observations(monkeypatch) -> list[tuple[int, int]]:
@@ -151,3 +142,18 @@ def test_completion_of_a_turn_holds_only_that_turn(tiny_model, tiny_tokenizer):
     assert len(got) == 6
     assert all(1 <= len(c.token_ids) <= 5 and len(c.logprobs) == len(c.token_ids) for c in got)
     assert all(c.finish_reason in ("length", "eos") for c in got)
+
+
+def test_a_hook_on_the_embedding_sees_rows_of_token_ids(tiny_model, tiny_tokenizer):
+    # a decode step with observations packed in still passes (rows, tokens) ids, as model(...) does
+    shapes = []
+    handle = tiny_model.get_input_embeddings().register_forward_pre_hook(
+        lambda m, a: shapes.append(a[0].dim()))
+    try:
+        cfg = RolloutConfig(max_turns=4, max_new_tokens=8, max_total_tokens=60, temperature=1.0)
+        out = collect(HFEngine(tiny_model, tiny_tokenizer), tiny_tokenizer, Ragged, TASKS,
+                      samples_per_prompt=2, cfg=cfg, seed=3)
+    finally:
+        handle.remove()
+    assert not any(t.error for t in out) and sum(len(t.turns) for t in out) > len(out)
+    assert shapes and set(shapes) == {2}

@@ -96,7 +96,8 @@ class RolloutConfig:
     continuous_turns: bool = True
     """hf engine: an episode starts its next turn as soon as its environment answers, while the
     others are still sampling theirs (no turn waits for the batch's slowest row); False = turns in
-    lockstep, one engine call per turn. The two sample with different random draws."""
+    lockstep, one engine call per turn. The two sample with different random draws. Episodes of
+    one turn (``max_turns: 1``) always take the lockstep loop."""
     max_batch_size: int = 0
     """Rows the hf engine runs in one forward pass; 0 = the whole rollout batch at once (fastest).
     Set it only to bound memory: the KV cache and the (rows, vocabulary) logits grow with it."""

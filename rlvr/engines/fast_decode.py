@@ -21,7 +21,11 @@ mask are bit for bit the module's; the batched products round differently from t
 A later turn's new tokens (the observation, after the last sampled token) go in through
 :meth:`FastDecoder.extend`: the kept rows are gathered straight into its buffers and the new
 tokens run causally over them with the attention call transformers makes for several queries,
-so the turn costs one copy of the kept keys and values, not three.
+so the turn costs one copy of the kept keys and values, not three. With continuous turns
+(:meth:`FastDecoder.step_at`) each row writes its own slots, and the rows whose turn just ended
+take their observation in the same pass as the others' decode step: the projections and the
+MLP run over all the pass's tokens at once, the attention part by part. Buffers are zeroed, so a
+slot no row has written (a masked one) holds no NaN that the masked sum would carry.
 
 It applies to the model types whose layers are exactly Llama's (``llama``, ``qwen2``, ``mistral``,
 and ``qwen3`` with its per-head q/k norms), full attention on every layer, the ``sdpa`` or
@@ -275,10 +279,9 @@ class FastDecoder:
                         torch.cat([v, v.new_zeros(v.shape[:2] + (grow,) + v.shape[3:])], 2))
                        for k, v in self.kv]
         D, hk = self.head_dim, self.kv[0][0].shape[1]
-        ids = parts[0].ids if len(parts) == 1 else torch.cat([p.ids.reshape(-1) for p in parts])
-        x = self.decoder.embed_tokens(ids)  # (b, n, H), or all parts' tokens (T, H)
+        ids = parts[0].ids if len(parts) == 1 else torch.cat([p.ids.reshape(-1) for p in parts])[None]
+        x = self.decoder.embed_tokens(ids)  # (b, n, H), or all parts' tokens as one row (1, T, H)
         shapes = [p.ids.shape for p in parts]
-        x = x.reshape(1, -1, x.shape[-1]) if len(parts) > 1 else x
         prep = [self._prepare(p, end, x) for p in parts]
         for (norm1, q_proj, k_proj, v_proj, q_norm, k_norm, o_proj, norm2, mlp, scale), (kb, vb) in zip(
                 self.layers, self.kv):

@@ -23,6 +23,10 @@ What makes it fast without changing a single sampled token:
   values are kept for the next turn);
 - the text tail is decoded only after a token that can complete a stop string;
 - identical prompts (the G samples of a group) are prefilled once and their cache rows shared;
+- :meth:`HFEngine.run` (continuous turns, where the decode step below applies): every episode in
+  one call, a row whose turn ends is handed to the caller's ``on_turn`` (the environment steps)
+  and samples its next turn at once, its observation fed in the same forward pass as the batch's
+  next decode step; rows write their own cache slots, so no turn waits for the slowest row;
 - :meth:`HFEngine.session` keeps each episode's KV cache between turns, so an observation costs
   a prefill of its own tokens only (the multi-turn rollout no longer re-prefills everything);
   with the decode step above, those tokens are fed by it too, on the kept keys and values

@@ -149,7 +149,9 @@ def collect(engine, tokenizer, env_factory: Callable[[], Environment], tasks: li
 
     session = open_session(engine)  # an episode's KV cache lives on between its turns
     try:
-        if getattr(cfg, "continuous_turns", True) and getattr(session, "continuous", lambda: False)():
+        # one turn per episode: nothing to overlap, and the lockstep loop's column writes are cheaper
+        if (cfg.max_turns > 1 and getattr(cfg, "continuous_turns", True)
+                and getattr(session, "continuous", lambda: False)()):
             _run_continuous(session, episodes, tokenizer, stops or [], cfg, greedy, seed)
         else:
             _run_lockstep(session, episodes, tokenizer, stops or [], cfg, greedy, seed)
