@@ -63,6 +63,26 @@ def test_greedy_continuous_turns_equal_turns_in_lockstep(tiny_model, tiny_tokeni
         assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3", "llama_dynamic_rope"])
+def test_greedy_continuous_turns_equal_the_model_call_per_model_type(kind, tiny_tokenizer):
+    # against turns in lockstep through model(...) itself, on every model type the step covers
+    from tests.test_fast_decode import tiny
+
+    m = tiny(kind, tiny_tokenizer)
+
+    class Env(Ragged):
+        stop_strings = ["a", "e", "o"]
+
+    cfg = RolloutConfig(max_turns=4, max_new_tokens=20, max_total_tokens=100)
+    runs = [collect(HFEngine(m, tiny_tokenizer, fast_decode=fast), tiny_tokenizer, Env, TASKS,
+                    samples_per_prompt=2, cfg=cfg, greedy=True) for fast in (False, True)]
+    assert not any(t.error for run in runs for t in run)
+    assert sum(len(t.turns) for t in runs[0]) > len(runs[0])
+    for x, y in zip(*runs, strict=True):
+        assert x.token_ids == y.token_ids and x.turns == y.turns
+        assert torch.allclose(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-5)
+
+
 def test_sampled_continuous_turns_do_not_depend_on_chunking(tiny_model, tiny_tokenizer, monkeypatch):
     seen = steps_with_observations(monkeypatch)
     cfg = RolloutConfig(max_turns=5, max_new_tokens=10, max_total_tokens=70, temperature=1.0)
