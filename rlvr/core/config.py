@@ -94,10 +94,7 @@ class RolloutConfig:
     engine: Literal["hf", "vllm"] = "hf"
     """hf | vllm."""
     continuous_turns: bool = True
-    """hf engine: an episode starts its next turn as soon as its environment answers, while the
-    others are still sampling theirs (no turn waits for the batch's slowest row); False = turns in
-    lockstep, one engine call per turn. The two sample with different random draws. Episodes of
-    one turn (``max_turns: 1``) always take the lockstep loop."""
+    """hf: an episode's next turn starts as soon as its environment answers; False = lockstep."""
     max_batch_size: int = 0
     """Rows the hf engine runs in one forward pass; 0 = the whole rollout batch at once (fastest).
     Set it only to bound memory: the KV cache and the (rows, vocabulary) logits grow with it."""
