@@ -148,8 +148,8 @@ def test_shared_prompts_give_the_whole_pass_logprobs_and_gradients(kind, tiny_mo
     assert lp0.abs().sum() > 0
     torch.testing.assert_close(lp1, lp0, rtol=0, atol=1e-5)
     torch.testing.assert_close(ent1, ent0, rtol=0, atol=1e-5)
-    for x, y in zip(g1, g0):
-        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+    for x, y in zip(g1, g0):  # (2.0e-6 seen on one element on an AVX-512 Xeon: summation order)
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
 
 
 def test_prompts_are_shared_only_where_it_saves(tiny_model, tiny_tokenizer, monkeypatch):
