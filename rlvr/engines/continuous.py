@@ -43,7 +43,7 @@ def run(self, prompts, params, caps, on_turn) -> None:
             for s in range(0, len(prompts), size):
                 part = list(range(s, min(s + size, len(prompts))))
                 _run_chunk(self, part, [prompts[i] for i in part], params, [caps[i] for i in part],
-                                on_turn, draws)
+                           on_turn, draws)
     finally:
         model.train(was_training)
 
@@ -65,8 +65,7 @@ def _run_chunk(self, index, prompts, params, caps, on_turn, draws) -> None:
     lps = torch.empty((b, BLOCK), dtype=torch.float32, device=dev)
     start = [0] * b  # the step each row's current turn began at
     last = torch.tensor([c - 1 for c in caps], device=dev)  # the step its turn must end at
-    done = [False] * b
-    over = torch.zeros(b, dtype=torch.bool, device=dev)  # done, on the device
+    over = torch.zeros(b, dtype=torch.bool, device=dev)  # the rows whose episode is over
     eos = torch.tensor(self.eos_ids, device=dev)
     matcher = hf._StopMatcher(self.tokenizer, params.stop)
     table = self._stop_table(matcher.stops, logits.shape[-1], dev) if matcher.active else None
@@ -108,7 +107,7 @@ def _run_chunk(self, index, prompts, params, caps, on_turn, draws) -> None:
                 raise RuntimeError(f"on_turn answered {len(answers)} of {len(outs)} turns")
             for i, ans in zip(order, answers):
                 if ans is None:
-                    done[i] = over[i] = True
+                    over[i] = True
                     live -= 1
                     continue
                 obs, cap = ans
@@ -120,7 +119,7 @@ def _run_chunk(self, index, prompts, params, caps, on_turn, draws) -> None:
         if live == 0:
             break
         if live <= len(act_l) // 2:  # stop feeding the rows whose episodes are over
-            keep = torch.tensor([j for j, i in enumerate(act_l) if not done[i]], device=dev)
+            keep = (~over[act]).nonzero().flatten()
             dec.select(keep)
             act, valid, slot, pos, nxt, gi = act[keep], valid[keep], slot[keep], pos[keep], nxt[keep], gi[keep]
             act_l = act.tolist()
